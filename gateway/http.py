@@ -1,0 +1,103 @@
+"""HTTP side (aiohttp): Twilio voice webhook, control API, health.
+
+Routes:
+  POST /twilio/voice                 TwiML that connects the call to our media socket
+  POST /calls/{call_sid}/interrupt   control API (bearer GATEWAY_CONTROL_TOKEN)
+  GET  /healthz                      the process is alive
+The media socket itself (/twilio/media) is served by picows on the same port (see ``server``).
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .call import State, Trigger
+from .twilio import tokens, twiml
+from .twilio.signature import validate_signature
+
+if TYPE_CHECKING:
+    from .server import Gateway
+
+log = logging.getLogger("gateway.http")
+MEDIA_PATH = "/twilio/media"
+VOICE_PATH = "/twilio/voice"
+GATEWAY_KEY = web.AppKey("gateway", object)
+
+
+def public_base(request: web.BaseRequest, configured: str) -> str:
+    """The base URL Twilio used: configured (production), else rebuilt from proxy headers (dev)."""
+    if configured:
+        return configured.rstrip("/")
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    return f"{proto}://{host}"
+
+
+def media_url(base: str) -> str:
+    """``wss://`` (or ``ws://`` for a plain-http dev base) URL of the media socket."""
+    parts = urlsplit(base)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{MEDIA_PATH}"
+
+
+async def voice_webhook(request: web.Request) -> web.Response:
+    gw: Gateway = request.app[GATEWAY_KEY]
+    settings = gw.settings
+    form = await request.post()
+    params = {k: str(v) for k, v in form.items()}
+    base = public_base(request, settings.public_url)
+    if settings.secure:
+        # Sign over the public URL Twilio requested (base + path + query), never request.url:
+        # behind a proxy or tunnel the app sees another scheme/host (PROTOCOLS.md A.5.1).
+        url = base + request.path_qs
+        signature = request.headers.get("X-Twilio-Signature", "")
+        if not validate_signature(settings.twilio_auth_token, url, form, signature):
+            gw.count_rejected("bad_signature")
+            log.warning("webhook rejected: bad X-Twilio-Signature")
+            raise web.HTTPForbidden(text="invalid signature")
+    call_sid = params.get("CallSid", "")
+    if not call_sid:
+        raise web.HTTPBadRequest(text="missing CallSid")
+    reason = gw.admission_refusal()
+    if reason is not None:
+        gw.count_rejected(reason)
+        log.warning("call %s refused at webhook: %s", call_sid, reason)
+        return web.Response(text=twiml.reject_busy(), content_type="text/xml")
+    parameters = {}
+    if settings.secure:
+        parameters[tokens.PARAMETER] = tokens.mint(settings.token_key, call_sid, time.time(), settings.call_token_ttl_s)
+    body = twiml.connect_stream(media_url(base), parameters)
+    return web.Response(text=body, content_type="text/xml")
+
+
+async def interrupt_call(request: web.Request) -> web.Response:
+    gw: Gateway = request.app[GATEWAY_KEY]
+    token = gw.settings.control_token
+    supplied = request.headers.get("Authorization", "")
+    if not token or not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+        raise web.HTTPUnauthorized(text="bearer token required", headers={"WWW-Authenticate": "Bearer"})
+    call = gw.calls_by_sid.get(request.match_info["call_sid"])
+    if call is None:
+        raise web.HTTPNotFound(text="no such call on this instance")
+    if call.state is not State.STREAMING:
+        raise web.HTTPConflict(text=f"call is {call.state.value}")
+    acted = call.interrupt(Trigger.CONTROL_API)
+    return web.json_response({"call_sid": call.call_sid, "interrupted": acted})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def make_app(gateway: Gateway) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[GATEWAY_KEY] = gateway
+    app.router.add_post(VOICE_PATH, voice_webhook)
+    app.router.add_post("/calls/{call_sid}/interrupt", interrupt_call)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,1 @@
+"""OpenAI Realtime side: client events the gateway sends."""

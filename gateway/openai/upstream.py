@@ -1,0 +1,124 @@
+"""Upstream realtime session on picows: one client socket per call, TLS verified.
+
+``UpstreamConnector.open(call)`` starts a task that connects and hands the call a sender; every
+failure path ends in ``call.upstream_failed`` so the call ends cleanly with a counted reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from ..call import Call, State
+from ..config import Settings
+
+log = logging.getLogger("gateway.upstream")
+MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024  # input appends may be 15 MiB; server events are far smaller
+
+
+class UpstreamSender:
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: WSTransport) -> None:
+        self._transport = transport
+
+    def send(self, data: bytes) -> None:
+        self._transport.send(WSMsgType.TEXT, data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        transport = self._transport
+        if not transport.is_close_frame_sent:
+            transport.send_close(WSCloseCode(code), reason.encode())
+        transport.disconnect()
+
+
+class UpstreamListener(WSListener):
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self._fragments: bytearray | None = None
+        self.closed_by_us = False
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type is WSMsgType.TEXT and frame.fin:
+            self.call.on_upstream(frame.get_payload_as_memoryview())
+        elif msg_type is WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            reason = frame.get_close_reason()
+            if not transport.is_close_frame_sent:
+                transport.send_close(code)
+            transport.disconnect()
+            self.call.upstream_closed(int(code.value), reason)
+        elif msg_type is WSMsgType.TEXT:
+            self._fragments = bytearray(frame.get_payload_as_memoryview())
+        elif msg_type is WSMsgType.CONTINUATION and self._fragments is not None:
+            self._fragments += frame.get_payload_as_memoryview()
+            if frame.fin:
+                message, self._fragments = bytes(self._fragments), None
+                self.call.on_upstream(message)
+        elif msg_type is WSMsgType.BINARY:
+            self.call.on_upstream(b"\x00binary frame")  # reported as an upstream protocol error
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        # No-op once the call has ended (we closed it); otherwise the peer vanished.
+        if self.call.state is not State.ENDED:
+            self.call.upstream_closed(1006, "connection lost")
+
+
+class UpstreamConnector:
+    """Opens upstream sessions for calls; one per worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._headers = {"Authorization": f"Bearer {settings.openai_api_key}"}
+        self._ssl: ssl.SSLContext | None = None
+        if settings.upstream_url.startswith("wss://"):
+            ctx = ssl.create_default_context()
+            if settings.upstream_ca_file:
+                ctx.load_verify_locations(settings.upstream_ca_file)
+            self._ssl = ctx
+        self._tasks: set[asyncio.Task] = set()
+
+    def open(self, call: Call) -> None:
+        task = asyncio.get_running_loop().create_task(self._connect(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, call: Call) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            transport, listener = await asyncio.wait_for(
+                ws_connect(
+                    lambda: UpstreamListener(call),
+                    self._settings.upstream_url,
+                    ssl_context=self._ssl,
+                    extra_headers=self._headers,
+                    websocket_handshake_timeout=self._settings.upstream_connect_timeout_s,
+                    max_frame_size=MAX_UPSTREAM_MESSAGE,
+                    enable_auto_ping=False,
+                    logger_name="upstream",
+                ),
+                self._settings.upstream_connect_timeout_s,
+            )
+        except asyncio.CancelledError:
+            raise
+        except asyncio.TimeoutError as exc:
+            call.upstream_failed(exc, "connect_timeout")
+            return
+        except ssl.SSLError as exc:
+            call.upstream_failed(exc, "tls")
+            return
+        except Exception as exc:  # handshake refused (401/403/5xx), DNS, connection refused
+            code = "handshake" if type(exc).__name__.startswith("WS") else "connect_failed"
+            call.upstream_failed(exc, code)
+            return
+        call.upstream_connected(UpstreamSender(transport), loop.time() - t0)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,219 @@
+"""One worker's gateway: the one public port, the call registry, admission.
+
+Everything (webhook, control API, health, media socket) answers on ONE port, so a developer
+behind a single tunnel and a production load balancer both see one backend. ``PortDispatcher``
+reads only the request line of each new connection: ``GET /twilio/media`` goes to picows (the
+fastest measured WebSocket server, which cannot serve request bodies), anything else to aiohttp.
+After that first look the connection belongs to the chosen protocol; the dispatcher costs one
+small buffer per connection and nothing per frame.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from aiohttp import web
+from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows.picows import WSAutoPingStrategy, WSProtocol
+
+from .call import Call
+from .config import Settings
+from .http import MEDIA_PATH, make_app, media_url
+from .openai.upstream import UpstreamConnector
+from .twilio.media import TwilioMediaListener
+from .twilio.signature import validate_signature
+from .twilio.tokens import TokenVerifier
+
+log = logging.getLogger("gateway.server")
+MEDIA_PATHS = (MEDIA_PATH.encode(), MEDIA_PATH.encode() + b"/")
+SUBPROTOCOL = "audio.twilio.com"
+MAX_REQUEST_LINE = 8192
+FIRST_LINE_TIMEOUT_S = 10.0
+TICK_S = 0.25  # per-worker housekeeping period (probes; later: metrics flush)
+
+
+class PortDispatcher(asyncio.Protocol):
+    """Hands each new connection to picows or aiohttp after reading its request line."""
+
+    __slots__ = ("_gateway", "_transport", "_buf", "_timer")
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._timer = asyncio.get_running_loop().call_later(FIRST_LINE_TIMEOUT_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        end = self._buf.find(b"\r\n")
+        if end < 0:
+            if len(self._buf) > MAX_REQUEST_LINE:
+                self._transport.close()  # type: ignore[union-attr]
+            return
+        method, _, rest = bytes(self._buf[:end]).partition(b" ")
+        path = rest.partition(b" ")[0].partition(b"?")[0]
+        if method == b"GET" and path in MEDIA_PATHS:
+            protocol: Any = self._gateway.websocket_protocol()
+        else:
+            protocol = self._gateway.http_protocol()
+        self._handover(protocol)
+
+    def _handover(self, protocol: Any) -> None:
+        transport = self._transport
+        assert transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        data = memoryview(bytes(self._buf))
+        self._buf = bytearray()
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            while data:
+                buf = protocol.get_buffer(len(data))
+                n = min(len(buf), len(data))
+                buf[:n] = data[:n]
+                protocol.buffer_updated(n)
+                data = data[n:]
+        else:
+            protocol.data_received(bytes(data))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class Gateway:
+    """The calls of one worker process and the servers that feed them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.calls: set[Call] = set()
+        self.rejected: dict[str, int] = {}
+        self.ended: dict[str, int] = {}
+        self.draining = False
+        self.tokens = TokenVerifier(settings.token_key) if settings.secure else None
+        self.upstream = UpstreamConnector(settings)
+        self._app = make_app(self)
+        self._runner: web.AppRunner | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._ws_logger = logging.getLogger("picows.server")
+        self.port: int | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ registry / admission
+    @property
+    def calls_by_sid(self) -> dict[str, Call]:
+        return {c.call_sid: c for c in self.calls if c.call_sid}
+
+    def admission_refusal(self) -> str | None:
+        """Reason to refuse a new call, or None to accept it."""
+        if self.draining:
+            return "draining"
+        return None
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def _make_call(self, sender: Any) -> Call:
+        loop = asyncio.get_running_loop()
+        call = Call(self.settings, sender, loop.time, self.upstream.open, self.tokens, self._call_ended)
+        self.calls.add(call)
+        return call
+
+    def _call_ended(self, call: Call) -> None:
+        self.calls.discard(call)
+        outcome = call.outcome or "unknown"
+        self.ended[outcome] = self.ended.get(outcome, 0) + 1
+
+    # ------------------------------------------------------------------ protocols
+    def http_protocol(self) -> Any:
+        assert self._runner is not None and self._runner.server is not None
+        return self._runner.server()
+
+    def websocket_protocol(self) -> WSProtocol:
+        # Same arguments picows.ws_create_server passes (picows 2.3); only the factory differs.
+        return WSProtocol(
+            None, None, False, self._media_listener, self._ws_logger,
+            True,  # disconnect_on_exception: a bug in one call's callback closes only that call
+            5.0,  # handshake timeout
+            False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # auto pong
+            self.settings.max_frame_bytes,
+            None,
+            16 * 1024,
+        )
+
+    def _media_listener(self, request: WSUpgradeRequest) -> Any:
+        reason = self.admission_refusal()
+        if reason is not None:
+            self.count_rejected(reason)
+            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(503, b"busy\n"), None)
+        signature = request.headers.get("X-Twilio-Signature")
+        if signature is not None and self.settings.secure:
+            base = self.settings.public_url or f"http://{request.headers.get('Host', '')}"
+            if not validate_signature(self.settings.twilio_auth_token, media_url(base), {}, signature):
+                self.count_rejected("bad_signature")
+                log.warning("media socket rejected: bad X-Twilio-Signature")
+                return WSUpgradeResponseWithListener(
+                    WSUpgradeResponse.create_error_response(403, b"invalid signature\n"), None
+                )
+        listener = TwilioMediaListener(self._make_call, self.settings.max_frame_bytes)
+        offered = request.headers.get("Sec-WebSocket-Protocol", "")
+        if SUBPROTOCOL in (p.strip() for p in offered.split(",")):
+            return WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_101_response(extra_headers={"Sec-WebSocket-Protocol": SUBPROTOCOL}),
+                listener,
+            )
+        return listener
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, host: str | None = None, port: int | None = None,
+                    sock: socket.socket | None = None) -> int:
+        """Listen on the one public port; returns the bound port."""
+        self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            server = await loop.create_server(
+                lambda: PortDispatcher(self),
+                host=host if host is not None else self.settings.host,
+                port=port if port is not None else self.settings.port,
+                reuse_address=True,
+            )
+        else:
+            server = await loop.create_server(lambda: PortDispatcher(self), sock=sock)
+        self._servers.append(server)
+        self.port = server.sockets[0].getsockname()[1]
+        self._tick_handle = loop.call_later(TICK_S, self._tick)
+        log.info("listening on port %s", self.port)
+        return self.port
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for call in self.calls:
+            call.tick(now)
+        self._tick_handle = loop.call_later(TICK_S, self._tick)
+
+    async def stop(self) -> None:
+        """Stop listening, end every call (closing both legs), release the HTTP side."""
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        for server in self._servers:
+            server.close()
+        for call in list(self.calls):
+            call.end("shutdown", "shutdown", close_code=1001)
+        await self.upstream.aclose()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,1 @@
+"""Twilio side: TwiML, per-call media tokens, request signatures."""

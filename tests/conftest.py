@@ -1,0 +1,79 @@
+"""Shared fixtures: run every fast-path test against both implementations."""
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+NO_EXTENSIONS = os.environ.get("GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
+IMPLS = ["compiled", "pure"]
+
+
+def load(impl: str, module: str):
+    """Return ``_fastpath._<impl>.<module>`` (skips the compiled one when extensions are off)."""
+    if impl == "compiled" and NO_EXTENSIONS:
+        pytest.skip("GATEWAY_NO_EXTENSIONS=1: compiled implementation disabled for this run")
+    return importlib.import_module(f"_fastpath._{impl}.{module}")
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request) -> str:
+    """Name of the implementation under test: 'compiled' or 'pure'."""
+    return request.param
+
+
+# --------------------------------------------------------------------------- async tests
+# Like uvloop's own suite: every async test runs under asyncio and uvloop, and fails on an
+# unexpected loop exception-handler call, a task still pending at the end, or a leaked socket.
+import asyncio  # noqa: E402
+import gc  # noqa: E402
+
+import uvloop  # noqa: E402
+
+
+def _open_sockets() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            out.add(f"{fd}:{target}")
+    return out
+
+
+class LoopRunner:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.loop_errors: list[dict] = []
+        self.expected_errors = 0  # a test that provokes handler calls on purpose raises this
+
+    def __call__(self, coro, timeout: float = 120.0):
+        loop = uvloop.new_event_loop() if self.kind == "uvloop" else asyncio.new_event_loop()
+        loop.set_exception_handler(lambda _loop, ctx: self.loop_errors.append(ctx))
+        before = _open_sockets()
+        try:
+            result = loop.run_until_complete(asyncio.wait_for(coro, timeout))
+            loop.run_until_complete(asyncio.sleep(0.05))  # let closing transports finish
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+        gc.collect()
+        assert not pending, f"tasks leaked: {pending!r}"
+        leaked = _open_sockets() - before
+        assert not leaked, f"sockets leaked: {sorted(leaked)}"
+        assert len(self.loop_errors) <= self.expected_errors, f"loop exception handler called: {self.loop_errors!r}"
+        return result
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request) -> LoopRunner:
+    """``run(coro)`` executes the coroutine on a fresh loop of the parametrized kind."""
+    return LoopRunner(request.param)

@@ -1,0 +1,655 @@
+"""Message framing (PROTOCOLS.md A.3, A.4, B.3, B.4), both implementations.
+
+References: orjson for JSON, binascii (strict) for base64, and — for the composites — the same
+implementation's own primitives chained step by step.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import random
+
+import numpy as np
+import orjson
+import pytest
+from conftest import load
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _fastpath.errors import ProtocolError
+
+# fr is a module (stateless), so sharing it across generated inputs is fine
+FAST = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
+DELTA = "response.output_audio.delta"
+BETA_DELTA = "response.audio.delta"
+
+
+@pytest.fixture
+def fr(impl):
+    return load(impl, "framing")
+
+
+# --- references ------------------------------------------------------------------------------
+
+def _strict_b64(text):
+    # Python 3.11's strict mode accepts '=' after a complete quad (CPython gh-118314, fixed
+    # upstream); both implementations reject it like fixed versions do
+    unpadded = text.rstrip("=" if isinstance(text, str) else b"=")
+    if unpadded != text and len(unpadded) % 4 == 0:
+        raise ProtocolError("base64")
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except ValueError:
+        raise ProtocolError("base64") from None
+
+
+def _parse(message):
+    try:
+        return orjson.loads(message)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("json") from None
+
+
+def ref_decode_media(message, stream_sid=None):
+    msg = _parse(message)
+    if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
+        raise ProtocolError("shape")
+    if msg["event"] != "media":
+        return None
+    if stream_sid is not None and msg.get("streamSid") != stream_sid:
+        raise ProtocolError("sid")
+    media = msg.get("media")
+    if not isinstance(media, dict) or not isinstance(media.get("payload"), str):
+        raise ProtocolError("payload")
+    return _strict_b64(media["payload"])
+
+
+def ref_decode_delta(message):
+    msg = _parse(message)
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("shape")
+    if msg["type"] not in (DELTA, BETA_DELTA):
+        return None
+    item, index, delta = msg.get("item_id"), msg.get("content_index"), msg.get("delta")
+    if not isinstance(item, str) or type(index) is not int or not isinstance(delta, str):
+        raise ProtocolError("fields")
+    return item, index, _strict_b64(delta)
+
+
+def outcome(fn, *args):
+    """Value or exception class, so two implementations/references can be compared."""
+    try:
+        return fn(*args)
+    except ProtocolError as exc:
+        assert isinstance(exc, ValueError)
+        return ProtocolError
+
+
+# --- message generators ----------------------------------------------------------------------
+
+def twilio_compact(payload: str, sid=SID, seq="4", chunk="2", ts="5", track="inbound") -> bytes:
+    """A media message exactly as Twilio writes it (the compiled fast path's template)."""
+    return ('{"event":"media","sequenceNumber":"%s","media":{"track":"%s","chunk":"%s",'
+            '"timestamp":"%s","payload":"%s"},"streamSid":"%s"}'
+            % (seq, track, chunk, ts, payload, sid)).encode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+          "\t": "\\t", "/": "\\/"}
+
+
+def _u_escape(ch, rnd):
+    code = ord(ch)
+    units = [code] if code < 0x10000 else [0xD800 + ((code - 0x10000) >> 10),
+                                           0xDC00 + ((code - 0x10000) & 0x3FF)]
+    return "".join(("\\u%04x" if rnd.random() < 0.5 else "\\u%04X") % u for u in units)
+
+
+def dump(obj, rnd, ws=0.0, esc=0.0, shuffle=False) -> str:
+    """JSON text of obj with random whitespace, escapes and key order (all valid JSON)."""
+    def space():
+        return rnd.choice([" ", "\n", "\t", "\r\n  "]) if rnd.random() < ws else ""
+
+    def string(s):
+        out = []
+        for ch in s:
+            must = ch in '"\\' or ord(ch) < 0x20
+            if must or rnd.random() < esc:
+                out.append(_SHORT[ch] if ch in _SHORT and rnd.random() < 0.5 else _u_escape(ch, rnd))
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+
+    def value(v):
+        if isinstance(v, dict):
+            keys = list(v)
+            if shuffle:
+                rnd.shuffle(keys)
+            return "{" + ",".join(space() + string(k) + space() + ":" + space() + value(v[k])
+                                  + space() for k in keys) + "}"
+        if isinstance(v, list):
+            return "[" + ",".join(space() + value(x) + space() for x in v) + "]"
+        if isinstance(v, str):
+            return string(v)
+        return orjson.dumps(v).decode()
+
+    return space() + value(obj) + space()
+
+
+formatting = st.fixed_dictionaries({
+    "ws": st.sampled_from([0.0, 0.0, 0.3]),
+    "esc": st.sampled_from([0.0, 0.05, 0.5]),
+    "shuffle": st.booleans(),
+})
+digits = st.integers(0, 10**9).map(str)
+ids = st.text(st.characters(codec="utf-8"), max_size=12)
+alnum_ids = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1,
+                    max_size=40)
+audio_bytes = st.binary(max_size=400)
+
+
+@st.composite
+def media_messages(draw):
+    """(JSON text, μ-law audio, streamSid) of valid Twilio media messages in any formatting."""
+    audio = draw(audio_bytes)
+    sid = draw(st.one_of(st.just(SID), alnum_ids, ids))
+    msg = {"event": "media", "sequenceNumber": draw(digits),
+           "media": {"track": draw(st.sampled_from(["inbound", "outbound", "in bound"])),
+                     "chunk": draw(digits), "timestamp": draw(digits), "payload": b64(audio)},
+           "streamSid": sid}
+    if draw(st.booleans()):
+        msg["extra"] = draw(st.sampled_from([None, 1.5, [1, "x"], {"a": True}]))
+    return dump(msg, draw(st.randoms()), **draw(formatting)), audio, sid
+
+
+def as_kind(text: str, kind: str):
+    data = text.encode()
+    if kind == "str":
+        return text
+    if kind == "bytearray":
+        return bytearray(data)
+    if kind == "memoryview":
+        return memoryview(b"x" + data)[1:]
+    return data
+
+
+kinds = st.sampled_from(["bytes", "str", "bytearray", "memoryview"])
+
+
+# --- decode_media ----------------------------------------------------------------------------
+
+@FAST
+@given(case=media_messages(), kind=kinds)
+def test_decode_media_any_formatting_matches_orjson(fr, case, kind):
+    text, audio, sid = case
+    msg = as_kind(text, kind)
+    assert base64.b64decode(orjson.loads(text)["media"]["payload"]) == audio
+    assert fr.decode_media(msg) == audio
+    assert fr.decode_media(msg, sid) == audio
+    assert type(fr.decode_media(msg)) is bytes
+
+
+@FAST
+@given(audio=audio_bytes, sid=alnum_ids, seq=digits, chunk=digits, ts=digits,
+       track=st.text("abcdefghijklmnopqrstuvwxyzABCXYZ", min_size=1, max_size=12), kind=kinds)
+def test_decode_media_twilio_compact_shape(fr, audio, sid, seq, chunk, ts, track, kind):
+    msg = twilio_compact(b64(audio), sid, seq, chunk, ts, track)
+    assert orjson.loads(msg)["streamSid"] == sid
+    assert fr.decode_media(as_kind(msg.decode(), kind), sid) == audio
+    with pytest.raises(ProtocolError):
+        fr.decode_media(msg, sid + "0")
+    with pytest.raises(ProtocolError):
+        fr.decode_media(msg, sid[:-1])
+
+
+def test_decode_media_realistic_frame(fr):
+    audio = bytes(range(96, 256))  # 160 bytes = 20 ms
+    msg = twilio_compact(b64(audio))
+    assert len(b64(audio)) == 216
+    assert fr.decode_media(msg, SID) == audio
+
+
+NON_MEDIA = [
+    {"event": "connected", "protocol": "Call", "version": "1.0.0"},
+    {"event": "start", "sequenceNumber": "1",
+     "start": {"accountSid": "AC1", "streamSid": SID, "callSid": "CA1", "tracks": ["inbound"],
+               "customParameters": {"call_token": "t"},
+               "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
+     "streamSid": SID},
+    {"event": "dtmf", "streamSid": SID, "sequenceNumber": "5",
+     "dtmf": {"track": "inbound_track", "digit": "1"}},
+    {"event": "mark", "sequenceNumber": "4", "streamSid": SID, "mark": {"name": "resp_abc:17"}},
+    {"event": "stop", "sequenceNumber": "5", "stop": {"accountSid": "AC1", "callSid": "CA1"},
+     "streamSid": SID},
+    {"event": "whatever", "media": {"payload": "not base64!"}},
+    {"event": "Media", "media": {"payload": "AAAA"}, "streamSid": SID},
+    {"event": "", "streamSid": "other"},
+]
+
+
+@FAST
+@given(msg=st.sampled_from(NON_MEDIA), fmt=formatting, rnd=st.randoms(), kind=kinds)
+def test_decode_media_other_events_are_none(fr, msg, fmt, rnd, kind):
+    text = as_kind(dump(msg, rnd, **fmt), kind)
+    assert fr.decode_media(text) is None
+    assert fr.decode_media(text, SID) is None
+    assert fr.media_to_append(text) is None
+
+
+def test_decode_media_escaped_payload_in_twilio_shape(fr):
+    # same template, but the payload holds an escape: valid JSON the fast path must hand over
+    msg = twilio_compact("QUJ\\u0044")
+    assert fr.decode_media(msg) == b"ABC"
+    assert fr.decode_media(twilio_compact("QUJ\\/")) == base64.b64decode("QUJ/")
+    assert fr.decode_media(twilio_compact("QU\\/D")) == base64.b64decode("QU/D")
+
+
+BAD_MEDIA = [
+    b"",
+    b"   ",
+    b"{",
+    b"[]",
+    b'"media"',
+    b"null",
+    b"42",
+    b"{}",
+    b'{"event":1}',
+    b'{"event":null,"media":{"payload":""}}',
+    b'{"event":"media"}',
+    b'{"event":"media","media":null}',
+    b'{"event":"media","media":{"payload":null}}',
+    b'{"event":"media","media":{"payload":123}}',
+    b'{"event":"media","media":"AAAA"}',
+    twilio_compact("QUJD").replace(b'},"streamSid"', b'}x,"streamSid"'),
+    twilio_compact("QUJD") + b"x",
+    twilio_compact("QUJD") + b"}",
+    twilio_compact("QUJD")[:-1],
+    twilio_compact("QUJD\\"),                  # unterminated: the escaped quote eats the end
+    twilio_compact("QUJ\\\""),
+    twilio_compact("QUJ"),                     # bad padding
+    twilio_compact("QUJD\\n"),                 # whitespace inside base64 (strict)
+    twilio_compact("QU JD"),
+    twilio_compact("QUJD===="),
+    twilio_compact("QUJD="),
+    twilio_compact("QQ==QUJD"),                # data after padding
+    twilio_compact("QUJ*"),
+    twilio_compact("QUJD", seq="0\x01"),       # control character inside a string
+    twilio_compact("QUJD").replace(b"QUJD", b"QUJ\xff"),
+    twilio_compact("QUJD", sid="MZ\xe9").replace("é".encode(), b"\xe9"),  # not UTF-8
+    b'{"event":"media","media":{"payload":"QUJD"},"streamSid":"' + SID.encode() + b'",}',
+]
+
+
+@pytest.mark.parametrize("msg", BAD_MEDIA)
+def test_decode_media_malformed_raises(fr, msg):
+    for kind in ("bytes", "bytearray", "memoryview"):
+        data = {"bytes": msg, "bytearray": bytearray(msg),
+                "memoryview": memoryview(b"{" + msg)[1:]}[kind]
+        with pytest.raises(ProtocolError) as info:
+            fr.decode_media(data)
+        assert isinstance(info.value, ValueError)
+        with pytest.raises(ProtocolError):
+            fr.media_to_append(data)
+
+
+def test_decode_media_stream_sid_checks(fr):
+    good = twilio_compact("QUJD")
+    no_sid = b'{"event":"media","media":{"payload":"QUJD"}}'
+    num_sid = b'{"event":"media","media":{"payload":"QUJD"},"streamSid":5}'
+    assert fr.decode_media(no_sid) == b"ABC"
+    for msg, sid in [(good, "MZother"), (good, ""), (good, SID + " "), (no_sid, SID),
+                     (num_sid, "5"), (good.decode().replace(SID, "MZé").encode(), "MZe")]:
+        with pytest.raises(ProtocolError):
+            fr.decode_media(msg, sid)
+        with pytest.raises(ProtocolError):
+            fr.media_to_append(msg, None, sid)
+    assert fr.decode_media(good.decode().replace(SID, "MZé"), "MZé") == b"ABC"
+
+
+@FAST
+@given(case=media_messages(), data=st.data())
+def test_decode_media_truncated_and_mutated_agree_with_reference(fr, case, data):
+    text, _, sid = case
+    raw = text.strip().encode()  # a prefix of a JSON object is never valid JSON
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(ProtocolError):
+        fr.decode_media(raw[:cut])
+    pos = data.draw(st.integers(0, len(raw) - 1))
+    new = data.draw(st.sampled_from(b'"\\{}[]:,0aZ=+/ \x00\x1f\xff\xc3') | st.integers(0, 255))
+    mutated = raw[:pos] + bytes([new]) + raw[pos + 1:]
+    use_sid = data.draw(st.sampled_from([None, sid]))
+    assert outcome(fr.decode_media, mutated, use_sid) == outcome(ref_decode_media, mutated, use_sid)
+
+
+@FAST
+@given(audio=st.binary(min_size=1, max_size=60), data=st.data())
+def test_decode_media_mutated_twilio_shape_agrees_with_reference(fr, audio, data):
+    raw = twilio_compact(b64(audio))
+    pos = data.draw(st.integers(0, len(raw) - 1))
+    new = data.draw(st.sampled_from(b'"\\{}:,0aZ=+/ \x00\xff') | st.integers(0, 255))
+    mutated = raw[:pos] + bytes([new]) + raw[pos + 1:]
+    for sid in (None, SID):
+        expected = outcome(ref_decode_media, mutated, sid)
+        assert outcome(fr.decode_media, mutated, sid) == expected
+
+
+def test_decode_media_rejects_non_buffers(fr):
+    with pytest.raises(TypeError):
+        fr.decode_media(12345)
+    with pytest.raises(TypeError):
+        fr.decode_media(None)
+
+
+# --- encoders ---------------------------------------------------------------------------------
+
+def test_encoders_exact_shapes(fr):
+    assert fr.encode_media(SID, b"\xff\xff\xfe") == (
+        b'{"event":"media","streamSid":"' + SID.encode() + b'","media":{"payload":"///+"}}')
+    assert fr.encode_mark(SID, "resp_abc:17") == (
+        b'{"event":"mark","streamSid":"' + SID.encode() + b'","mark":{"name":"resp_abc:17"}}')
+    assert fr.encode_clear(SID) == b'{"event":"clear","streamSid":"' + SID.encode() + b'"}'
+    assert fr.encode_append(b"\x00\x01") == b'{"type":"input_audio_buffer.append","audio":"AAE="}'
+    assert fr.encode_append(b"") == b'{"type":"input_audio_buffer.append","audio":""}'
+    assert fr.encode_media("", b"") == b'{"event":"media","streamSid":"","media":{"payload":""}}'
+
+
+any_text = st.text(st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
+    ['"', "\\", "\x00\x1f\x7f", "a\u2028b", "é😀", "</script>", "\\u0041"])
+
+
+@FAST
+@given(sid=any_text, name=any_text, audio=audio_bytes,
+       kind=st.sampled_from(["bytes", "bytearray", "memoryview"]))
+def test_encoders_equal_orjson_dumps(fr, sid, name, audio, kind):
+    data = {"bytes": audio, "bytearray": bytearray(audio),
+            "memoryview": memoryview(b"!" + audio)[1:]}[kind]
+    payload = base64.b64encode(audio).decode()
+    media = fr.encode_media(sid, data)
+    assert type(media) is bytes
+    assert media == orjson.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload}})
+    assert fr.encode_mark(sid, name) == orjson.dumps(
+        {"event": "mark", "streamSid": sid, "mark": {"name": name}})
+    assert fr.encode_clear(sid) == orjson.dumps({"event": "clear", "streamSid": sid})
+    assert fr.encode_append(data) == orjson.dumps(
+        {"type": "input_audio_buffer.append", "audio": payload})
+    # round trips through the readers
+    assert fr.decode_media(media, sid) == audio
+    assert fr.media_to_append(media, None, sid) == fr.encode_append(audio)
+
+
+def test_encoders_reject_bad_arguments(fr):
+    for call in (lambda: fr.encode_media(123, b""), lambda: fr.encode_media(None, b""),
+                 lambda: fr.encode_mark(SID, None), lambda: fr.encode_clear(b"MZ1"),
+                 lambda: fr.encode_media(SID, "text"), lambda: fr.encode_append(None)):
+        with pytest.raises(TypeError):
+            call()
+    with pytest.raises(TypeError):  # lone surrogate: not encodable as UTF-8 (orjson's error)
+        fr.encode_mark(SID, "\ud800")
+
+
+# --- decode_audio_delta -----------------------------------------------------------------------
+
+@st.composite
+def delta_messages(draw):
+    """(JSON text, expected (item_id, content_index, audio)) of valid audio deltas."""
+    audio = draw(st.binary(max_size=600))
+    item = draw(st.one_of(st.just("item_a3"), ids))
+    index = draw(st.one_of(st.integers(0, 3), st.integers(0, 2**63 - 1), st.integers(-5, -1)))
+    msg = {"type": draw(st.sampled_from([DELTA, BETA_DELTA])), "event_id": "event_" + draw(digits),
+           "response_id": "resp_9", "item_id": item, "output_index": draw(st.integers(0, 2**64 - 1)),
+           "content_index": index, "delta": b64(audio)}
+    if draw(st.booleans()):
+        msg["extra"] = draw(st.sampled_from([None, True, 1.5, [], {"a": [1, {"b": None}]}, "é"]))
+    if draw(st.booleans()):  # the server's flat compact shape, keys in any order
+        fmt = {"ws": 0.0, "esc": 0.0, "shuffle": True}
+    else:
+        fmt = draw(formatting)
+    return dump(msg, draw(st.randoms()), **fmt), (item, index, audio)
+
+
+@FAST
+@given(case=delta_messages(), kind=kinds)
+def test_decode_audio_delta_matches_orjson(fr, case, kind):
+    text, expected = case
+    got = fr.decode_audio_delta(as_kind(text, kind))
+    assert got == expected == ref_decode_delta(text)
+    assert type(got[0]) is str and type(got[1]) is int and type(got[2]) is bytes
+
+
+def test_decode_audio_delta_server_shape(fr):
+    pcm = bytes(range(256)) * 19  # 4864 bytes
+    msg = ('{"type":"response.output_audio.delta","event_id":"event_1","response_id":"resp_9",'
+           '"item_id":"item_a3","output_index":0,"content_index":0,"delta":"%s"}' % b64(pcm))
+    assert fr.decode_audio_delta(msg) == ("item_a3", 0, pcm)
+    assert fr.decode_audio_delta(msg.replace("output_audio", "audio")) == ("item_a3", 0, pcm)
+
+
+OTHER_EVENTS = [
+    {"type": "response.output_audio_transcript.delta", "item_id": "i", "content_index": 0,
+     "delta": "Hello"},
+    {"type": "response.output_audio.done", "item_id": "i", "content_index": 0},
+    {"type": "response.done", "response": {"status": "cancelled", "output": []}},
+    {"type": "session.created", "session": {"audio": {"output": {"format": {"type": "audio/pcmu"}}}}},
+    {"type": "input_audio_buffer.speech_started", "audio_start_ms": 1000, "item_id": "item_1"},
+    {"type": "response.created", "delta": "not base64 at all"},
+    {"type": "response.output_audio.delta ", "delta": 5},
+    {"type": "", "delta": "x\\\"y"},
+    {"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired"}},
+]
+
+
+@FAST
+@given(msg=st.sampled_from(OTHER_EVENTS), fmt=formatting, rnd=st.randoms(), kind=kinds)
+def test_decode_audio_delta_other_events_are_none(fr, msg, fmt, rnd, kind):
+    text = as_kind(dump(msg, rnd, **fmt), kind)
+    assert fr.decode_audio_delta(text) is None
+
+
+def _delta(**fields):
+    base = {"type": DELTA, "item_id": "item_1", "content_index": 0, "delta": "AAAA"}
+    base.update(fields)
+    return orjson.dumps({k: v for k, v in base.items() if v is not ...})
+
+
+BAD_DELTAS = [
+    b"", b"{", b"[]", b"null", b"{}", b'"x"', b"1",
+    b'{"type":1}', b'{"type":null}', b'{"item_id":"i"}',
+    _delta(item_id=...), _delta(content_index=...), _delta(delta=...),
+    _delta(item_id=1), _delta(item_id=None), _delta(content_index="0"), _delta(content_index=True),
+    _delta(content_index=0.0), _delta(content_index=None), _delta(delta=5), _delta(delta=None),
+    _delta(delta="AAA"), _delta(delta="AA AA"), _delta(delta="AAAA\n"), _delta(delta="é==="),
+    _delta(type=BETA_DELTA, delta="A==="),
+    b'{"type":"response.output_audio.delta","item_id":"i","content_index":00,"delta":"AAAA"}',
+    b'{"type":"response.output_audio.delta","item_id":"i","content_index":01,"delta":"AAAA"}',
+    b'{"type":"response.output_audio.delta","item_id":"i","content_index":0,"delta":"AAAA"}x',
+    b'{"type":"response.output_audio.delta","item_id":"i","content_index":0,"delta":"AAAA"',
+    b'{"type":"response.output_audio.delta","item_id":"i","content_index":0,"delta":"AA\\"}',
+    b'{"type":"response.output_audio.delta","item_id":"i","content_index":0,"delta":"AA\\"A"}',
+    b'{"type":"response.output_audio.delta","item_id":"i","content_index":0,"delta":"AAAA",}',
+    b'{"type":"response.output_audio.delta","item_id":"i\x01","content_index":0,"delta":"AAAA"}',
+    b'{"type":"response.done","delta":"x\\","item_id":"y"}',
+    b'{"delta":"x\\","delta":"AAAA","type":"response.audio.delta","item_id":"i","content_index":0}',
+    b'{"type":"response.audio.delta","item_id":"i","content_index":-0x1,"delta":"AAAA"}',
+    b'{"type":"response.audio.delta","item_id":"\xff","content_index":0,"delta":"AAAA"}',
+]
+
+
+@pytest.mark.parametrize("msg", BAD_DELTAS)
+def test_decode_audio_delta_malformed_raises(fr, msg):
+    assert outcome(ref_decode_delta, msg) is ProtocolError  # the case really is invalid
+    with pytest.raises(ProtocolError) as info:
+        fr.decode_audio_delta(msg)
+    assert isinstance(info.value, ValueError)
+
+
+def test_decode_audio_delta_duplicates_and_edge_values(fr):
+    cases = [
+        b'{"type":"response.audio.delta","item_id":"a","item_id":"b","content_index":1,'
+        b'"content_index":2,"delta":"AAAA"}',
+        b'{"type":"x","type":"response.audio.delta","item_id":"","content_index":0,"delta":""}',
+        b'{"type":"response.audio.delta","type":"x","item_id":"","content_index":0,"delta":""}',
+        b'{"delta":"AAAA","delta":"AAAB","type":"response.audio.delta","item_id":"i",'
+        b'"content_index":0}',
+        b'{"type":"response.audio.delta","item_id":"i","content_index":999999999999999999,'
+        b'"delta":"QQ=="}',
+        b'{"type":"response.audio.delta","item_id":"i","content_index":9999999999999999999,'
+        b'"delta":"QQ=="}',
+        b'{"type":"response.audio.delta","item_id":"i","content_index":1e2,"delta":"QQ=="}',
+        b'{"type":"response.audio.delta","item_id":"i","content_index":0,"delta":"QQ==","":1}',
+        b'{"type":"response.audio.delta","item_id":"i\\u00e9","content_index":0,"delta":"QQ=="}',
+        b'{"type":"response.audio.delta","item_id":"i","content_index":0,"delta":"Q\\u0051=="}',
+    ]
+    for msg in cases:
+        assert outcome(fr.decode_audio_delta, msg) == outcome(ref_decode_delta, msg), msg
+
+
+@FAST
+@given(case=delta_messages(), data=st.data())
+def test_decode_audio_delta_truncated_and_mutated_agree_with_reference(fr, case, data):
+    raw = case[0].strip().encode()
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(ProtocolError):
+        fr.decode_audio_delta(raw[:cut])
+    for _ in range(3):
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        new = data.draw(st.sampled_from(b'"\\{}[]:,0-1aZ=+/ \x00\xff\xc3') | st.integers(0, 255))
+        mutated = raw[:pos] + bytes([new]) + raw[pos + 1:]
+        assert outcome(fr.decode_audio_delta, mutated) == outcome(ref_decode_delta, mutated)
+
+
+# --- composites -------------------------------------------------------------------------------
+
+def _frames(seed: int, count: int, size: int):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for _ in range(count)]
+
+
+def _pcm_frames(seed: int, count: int, samples: int):
+    rng = np.random.default_rng(seed)
+    t = np.arange(count * samples) / 24000
+    sig = 12000 * np.sin(2 * np.pi * 440 * t) + rng.normal(0, 2000, t.size)
+    pcm = np.clip(sig, -32768, 32767).astype("<i2").tobytes()
+    return [pcm[i * 2 * samples:(i + 1) * 2 * samples] for i in range(count)]
+
+
+def test_pcmu_to_append_equals_step_by_step(impl, fr):
+    g711, rs = load(impl, "g711"), load(impl, "resample")
+    r, twin = rs.Resampler(8000, 24000), rs.Resampler(8000, 24000)
+    for ulaw in _frames(1, 6, 160) + [b"", b"\x7f"] + _frames(2, 3, 37):
+        got = fr.pcmu_to_append(memoryview(b"." + ulaw)[1:], r)
+        assert got == fr.encode_append(twin.process(g711.ulaw_decode(ulaw)))
+        assert type(got) is bytes
+
+
+def test_media_to_append_passthrough_and_transcoding(impl, fr):
+    rs = load(impl, "resample")
+    r, twin = rs.Resampler(8000, 24000), rs.Resampler(8000, 24000)
+    for i, ulaw in enumerate(_frames(3, 6, 160) + _frames(4, 2, 1)):
+        msg = twilio_compact(b64(ulaw), seq=str(i + 3), chunk=str(i + 1), ts=str(20 * i))
+        if i % 2:
+            msg = dump(orjson.loads(msg), random.Random(i), ws=0.2, esc=0.1, shuffle=True)
+        assert fr.media_to_append(msg) == fr.encode_append(ulaw)
+        assert fr.media_to_append(msg, None, SID) == (
+            b'{"type":"input_audio_buffer.append","audio":"' + b64(ulaw).encode() + b'"}')
+        assert fr.media_to_append(msg, r, SID) == fr.pcmu_to_append(ulaw, twin)
+
+
+def test_media_to_append_errors_leave_resampler_untouched(impl, fr):
+    rs = load(impl, "resample")
+    r, twin = rs.Resampler(8000, 24000), rs.Resampler(8000, 24000)
+    first, second = _frames(5, 2, 160)
+    assert fr.media_to_append(twilio_compact(b64(first)), r) == fr.pcmu_to_append(first, twin)
+    for bad, sid in [(twilio_compact("QUJ"), None), (twilio_compact(b64(first)), "MZx"),
+                     (b"{", None)]:
+        with pytest.raises(ProtocolError):
+            fr.media_to_append(bad, r, sid)
+    assert fr.media_to_append(orjson.dumps(NON_MEDIA[3]), r) is None
+    assert fr.media_to_append(twilio_compact(b64(second)), r) == fr.pcmu_to_append(second, twin)
+
+
+def test_media_to_append_forwards_payload_verbatim(fr):
+    # "QR==" is valid (strict mode ignores the unused bits) and is forwarded as sent
+    expected = b'{"type":"input_audio_buffer.append","audio":"QR=="}'
+    assert fr.media_to_append(twilio_compact("QR==")) == expected
+    assert fr.media_to_append(twilio_compact("Q\\u0052==")) == expected
+
+
+def _delta_msg(pcm: bytes, item="item_a3", index=0, kind=DELTA) -> bytes:
+    return ('{"type":"%s","event_id":"event_1","response_id":"resp_9","item_id":"%s",'
+            '"output_index":0,"content_index":%d,"delta":"%s"}' % (kind, item, index, b64(pcm))
+            ).encode()
+
+
+def test_delta_to_pcmu_equals_step_by_step(impl, fr):
+    g711, rs = load(impl, "g711"), load(impl, "resample")
+    r, twin = rs.Resampler(24000, 8000), rs.Resampler(24000, 8000)
+    frames = _pcm_frames(6, 4, 2400) + [b"", b"\x01\x02"] + _pcm_frames(7, 2, 7)
+    for i, pcm in enumerate(frames):
+        msg = _delta_msg(pcm, index=i, kind=BETA_DELTA if i % 3 == 2 else DELTA)
+        if i % 2:
+            msg = dump(orjson.loads(msg), random.Random(i), ws=0.3, esc=0.1, shuffle=True)
+        got = fr.delta_to_pcmu(msg, r)
+        assert got == ("item_a3", i, g711.ulaw_encode(twin.process(pcm)), len(pcm))
+        assert type(got[2]) is bytes
+
+
+def test_delta_to_pcmu_rejects_bad_input(impl, fr):
+    rs = load(impl, "resample")
+    r = rs.Resampler(24000, 8000)
+    assert fr.delta_to_pcmu(orjson.dumps(OTHER_EVENTS[0]), r) is None
+    for bad in [_delta_msg(b"\x01\x02\x03"), _delta(delta="AAA"), b"{"]:
+        with pytest.raises(ProtocolError):
+            fr.delta_to_pcmu(bad, r)
+    with pytest.raises(ValueError):
+        fr.delta_to_pcmu(_delta_msg(b"\0\0"), rs.Resampler(8000, 24000))
+    with pytest.raises(ValueError):
+        fr.pcmu_to_append(b"\xff", rs.Resampler(24000, 8000))
+    with pytest.raises(ValueError):
+        fr.media_to_append(twilio_compact("QUJD"), rs.Resampler(24000, 8000))
+
+
+# --- compiled vs pure -------------------------------------------------------------------------
+
+@FAST
+@given(case=media_messages(), delta=delta_messages(), name=any_text, audio=audio_bytes)
+def test_compiled_and_pure_frame_identically(case, delta, name, audio):
+    c, p = load("compiled", "framing"), load("pure", "framing")
+    text, _, sid = case
+    assert c.decode_media(text, sid) == p.decode_media(text, sid)
+    assert c.media_to_append(text, None, sid) == p.media_to_append(text, None, sid)
+    assert c.decode_audio_delta(delta[0]) == p.decode_audio_delta(delta[0])
+    assert c.encode_media(sid, audio) == p.encode_media(sid, audio)
+    assert c.encode_mark(sid, name) == p.encode_mark(sid, name)
+    assert c.encode_clear(name) == p.encode_clear(name)
+    assert c.encode_append(audio) == p.encode_append(audio)
+
+
+def _appended_pcm(message: bytes) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(orjson.loads(message)["audio"]), "<i2").astype(int)
+
+
+def test_compiled_and_pure_composites_agree_within_resampler_tolerance():
+    c, p = load("compiled", "framing"), load("pure", "framing")
+    crs, prs = load("compiled", "resample"), load("pure", "resample")
+    cup, pup = crs.Resampler(8000, 24000), prs.Resampler(8000, 24000)
+    cdown, pdown = crs.Resampler(24000, 8000), prs.Resampler(24000, 8000)
+    pg711 = load("pure", "g711")
+    for ulaw in _frames(8, 5, 160):
+        msg = twilio_compact(b64(ulaw))
+        a, b = _appended_pcm(c.media_to_append(msg, cup)), _appended_pcm(p.media_to_append(msg, pup))
+        assert a.shape == b.shape and np.abs(a - b).max() <= 2
+    for pcm in _pcm_frames(9, 4, 2400):
+        a, b = c.delta_to_pcmu(_delta_msg(pcm), cdown), p.delta_to_pcmu(_delta_msg(pcm), pdown)
+        assert a[:2] == b[:2] and a[3] == b[3] and len(a[2]) == len(b[2])
+        # μ-law of values ±2 LSB apart: compare decoded, one quantisation step of slack
+        da = np.frombuffer(pg711.ulaw_decode(a[2]), "<i2").astype(int)
+        db = np.frombuffer(pg711.ulaw_decode(b[2]), "<i2").astype(int)
+        step = np.maximum(8, 2 ** (np.floor(np.log2(np.abs(db) + 132)).astype(int) - 4))
+        assert np.all(np.abs(da - db) <= 2 * step)
