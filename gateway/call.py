@@ -34,7 +34,14 @@ from .twilio.tokens import TokenVerifier
 
 log = logging.getLogger("gateway.call")
 
-PROBE_INTERVAL_S = 0.5
+# Latency probes while Twilio's buffer is idle. An error in the latency estimate counts twice in
+# a truncation offset, so right after `start` (while the upstream session opens and the model
+# thinks) a burst of probes every 20 ms fills the estimator's window; later the worker's tick
+# refreshes it sparingly whenever the buffer is idle.
+PROBE_BURST_S = 0.02
+PROBE_BURST_MAX = 40
+PROBE_INTERVAL_S = 1.0
+PROBE_SAMPLES_WANTED = 16
 FRAME_BYTES = 160  # 20 ms of μ-law; Twilio's usual frame (not assumed anywhere else)
 BENIGN_UPSTREAM_ERRORS = frozenset(
     {"response_cancel_not_active", "conversation_already_has_active_response", "invalid_value"}
@@ -102,6 +109,7 @@ class Call:
         open_upstream: Callable[[Call], None],
         tokens: TokenVerifier | None = None,
         on_end: Callable[[Call], None] | None = None,
+        call_later: Callable[[float, Callable[[], None]], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.state = State.CONNECTED
@@ -135,6 +143,9 @@ class Call:
         self._tail_item: tuple[str, int] | None = None  # pcm16: item whose resampler tail is pending
         self._greeted = False
         self._next_probe = 0.0
+        self._call_later = call_later  # loop.call_later; None: no probe burst (unit tests)
+        self._burst: Any = None
+        self._burst_left = PROBE_BURST_MAX
 
     # ------------------------------------------------------------------ Twilio side
     def on_twilio(self, message: bytes | memoryview) -> None:
@@ -237,10 +248,8 @@ class Call:
                 return
         self.state = State.STARTING
         log.info("stream started", extra=self._log_extra())
-        # A probe mark on the empty buffer measures the latency to Twilio before any audio.
-        probe = self.ledger.probe(self._clock())
-        if probe is not None:
-            self._send_mark(probe)
+        # Probe marks on the empty buffer measure the latency to Twilio before any audio.
+        self._probe_burst()
         self._open_upstream(self)
 
     def _on_caller_audio(self, audio: bytes) -> None:
@@ -281,7 +290,7 @@ class Call:
             return
         self._up = sender
         self.stats.upstream_connect_s = connect_s
-        sender.send(oa.session_update(self.settings))
+        sender.send(oa.session_update(self.settings, f"{self.call_sid}:session"))
         self._upstream_ready = True
         self.state = State.STREAMING
         if self._pending_in:
@@ -421,14 +430,26 @@ class Call:
         errors = self.stats.upstream_errors
         errors[code] = errors.get(code, 0) + 1
 
+    def _probe_burst(self) -> None:
+        self._burst = None
+        ledger = self.ledger
+        if self.state is State.ENDED or ledger.busy or ledger.latency_samples >= PROBE_SAMPLES_WANTED:
+            return
+        probe = ledger.probe(self._clock())
+        if probe is not None:
+            self._send_mark(probe)
+        self._burst_left -= 1
+        if self._call_later is not None and self._burst_left > 0:
+            self._burst = self._call_later(PROBE_BURST_S, self._probe_burst)
+
     def tick(self, now: float) -> None:
         """Housekeeping from the worker's timer (never per frame).
 
-        While Twilio's buffer is idle, a probe mark every ``PROBE_INTERVAL_S`` keeps the latency
-        estimate fresh; an error in it counts twice in the truncation offset.
+        While Twilio's buffer is idle, probe marks keep the latency estimate fresh.
         """
-        if self.state is State.STREAMING and not self.ledger.busy and now >= self._next_probe:
-            probe = self.ledger.probe(now)
+        ledger = self.ledger
+        if self.state is State.STREAMING and not ledger.busy and now >= self._next_probe:
+            probe = ledger.probe(now)
             if probe is not None:
                 self._send_mark(probe)
                 self._next_probe = now + PROBE_INTERVAL_S
@@ -493,6 +514,9 @@ class Call:
             return
         self.state = State.ENDED
         self.outcome = outcome
+        if self._burst is not None:
+            self._burst.cancel()
+            self._burst = None
         if self._up is not None:
             self._up.close(1000, "call ended")
             self._up = None

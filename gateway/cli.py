@@ -49,6 +49,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return uvloop.run(run_demo(verbose=args.verbose, audio_mode=args.audio_mode))
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The README's run command: serve with real keys, else the self-contained demo."""
+    import os
+
+    if os.environ.get("OPENAI_API_KEY"):
+        return cmd_serve(args)
+    print("OPENAI_API_KEY is not set: running the self-contained demo (gateway + simulators).", flush=True)
+    args.verbose, args.audio_mode = False, os.environ.get("GATEWAY_AUDIO_MODE", "passthrough")
+    return cmd_demo(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None, help="overrides GATEWAY_HOST")
     serve.add_argument("--port", type=int, default=None, help="overrides GATEWAY_PORT")
     serve.set_defaults(func=cmd_serve)
+    run = sub.add_parser("run", help="serve if OPENAI_API_KEY is set, else run the demo")
+    run.add_argument("--host", default=None)
+    run.add_argument("--port", type=int, default=None)
+    run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="gateway + Twilio and OpenAI simulators on loopback, every barge-in phase")
     demo.add_argument("--audio-mode", choices=("passthrough", "pcm16"), default="passthrough")
     demo.add_argument("-v", "--verbose", action="store_true", help="show the gateway's JSON logs")

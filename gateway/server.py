@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +32,7 @@ MEDIA_PATHS = (MEDIA_PATH.encode(), MEDIA_PATH.encode() + b"/")
 SUBPROTOCOL = "audio.twilio.com"
 MAX_REQUEST_LINE = 8192
 FIRST_LINE_TIMEOUT_S = 10.0
-TICK_S = 0.25  # per-worker housekeeping period (probes; later: metrics flush)
+TICK_S = 0.25  # per-worker housekeeping period: latency probes of idle calls (≈0.3 µs per call)
 
 
 class PortDispatcher(asyncio.Protocol):
@@ -104,6 +105,8 @@ class Gateway:
         self._servers: list[asyncio.AbstractServer] = []
         self._ws_logger = logging.getLogger("picows.server")
         self.port: int | None = None
+        # Called with each Call as it ends (metrics, the demo's summary); must not raise.
+        self.call_end_hooks: list[Callable[[Call], None]] = []
         self._tick_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ registry / admission
@@ -122,7 +125,8 @@ class Gateway:
 
     def _make_call(self, sender: Any) -> Call:
         loop = asyncio.get_running_loop()
-        call = Call(self.settings, sender, loop.time, self.upstream.open, self.tokens, self._call_ended)
+        call = Call(self.settings, sender, loop.time, self.upstream.open, self.tokens, self._call_ended,
+                    loop.call_later)
         self.calls.add(call)
         return call
 
@@ -130,6 +134,8 @@ class Gateway:
         self.calls.discard(call)
         outcome = call.outcome or "unknown"
         self.ended[outcome] = self.ended.get(outcome, 0) + 1
+        for hook in self.call_end_hooks:
+            hook(call)
 
     # ------------------------------------------------------------------ protocols
     def http_protocol(self) -> Any:

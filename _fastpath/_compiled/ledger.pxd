@@ -46,7 +46,13 @@ cdef class PlayoutLedger:
     cdef double _origin             # O: gateway time stream byte 0 would have played
     cdef int64_t _obs_n             # observations averaged into _origin
     cdef int64_t _seg_start         # first stream byte of the segment
+    cdef double _recent[16]         # last one-way latency samples (ring; interquartile mean = estimate)
+    cdef int _recent_n, _recent_i
+    cdef int64_t _rtt_end           # end byte of an idle-start segment's first chunk (-1: none)
+    cdef int64_t _rtt_start
+    cdef double _rtt_sent
 
     cdef int _reset_stream(self) except -1
     cdef str _issue(self, MarkKind kind, double sent_ms)
     cdef int _prune(self) except -1
+    cdef void _latency_sample(self, double sample) noexcept

@@ -100,6 +100,7 @@ cdef class PlayoutLedger:
         self._origin = 0.0
         self._obs_n = 0
         self._seg_start = 0
+        self._rtt_end = -1
         return 0
 
     # -- read-only state ---------------------------------------------------------------------
@@ -173,7 +174,7 @@ cdef class PlayoutLedger:
 
     def probe(self, double now):
         """Mark name to send *before* any media if Twilio's buffer is believed empty, else None."""
-        if self._count:
+        if self._audio_pending:
             return None
         return self._issue(MARK_PROBE, now * 1000.0)
 
@@ -191,6 +192,11 @@ cdef class PlayoutLedger:
             self._origin = s + self._latency - <double>start / <double>self._bpm
             self._obs_n = 1
             self._seg_start = start
+            # On an idle buffer this chunk plays on arrival: its echo measures the round trip.
+            if self._audio_pending == 0:
+                self._rtt_end, self._rtt_sent, self._rtt_start = start + nbytes, s, start
+            else:
+                self._rtt_end = -1
         if (last is None or last.item.content_index != content_index
                 or not (last.item.item_id is item_id or last.item.item_id == item_id)):
             key = (item_id, content_index)
@@ -251,16 +257,15 @@ cdef class PlayoutLedger:
                 self._confirmed = m.end
         r = now * 1000.0
         if m.kind == MARK_PROBE:
-            sample = (r - m.sent_ms) / 2.0
-            if self._samples:
-                self._latency += (sample - self._latency) * 0.25
-            else:
-                self._latency = sample
-            self._samples += 1
+            self._latency_sample((r - m.sent_ms) / 2.0)
             self._probes += 1
             return _OUTCOMES[PROBE]
         self._audio_pending -= 1
         self._confirmed = m.end
+        if m.end == self._rtt_end:
+            self._rtt_end = -1
+            self._latency_sample(
+                (r - self._rtt_sent - <double>(m.end - self._rtt_start) / <double>self._bpm) / 2.0)
         if m.end > self._seg_start:  # else the echo describes the previous segment
             o = r - self._latency - <double>m.end / <double>self._bpm
             if fabs(o - self._origin) <= TOLERANCE_MS:
@@ -272,6 +277,30 @@ cdef class PlayoutLedger:
         self._prune()
         self._played += 1
         return _OUTCOMES[PLAYED]
+
+    cdef void _latency_sample(self, double sample) noexcept:
+        """Add a one-way latency sample; the estimate is the interquartile mean of the window."""
+        cdef double ordered[16]
+        cdef double v, total = 0.0
+        cdef int n, i, j, lo, hi
+        self._recent[self._recent_i] = sample if sample > 0.0 else 0.0
+        self._recent_i = (self._recent_i + 1) % 16
+        if self._recent_n < 16:
+            self._recent_n += 1
+        n = self._recent_n
+        for i in range(n):  # insertion sort of <= 16 values, only on echoes that carry a sample
+            v = self._recent[i]
+            j = i
+            while j > 0 and ordered[j - 1] > v:
+                ordered[j] = ordered[j - 1]
+                j -= 1
+            ordered[j] = v
+        lo = n // 4
+        hi = n - n // 4
+        for i in range(lo, hi):
+            total += ordered[i]
+        self._latency = total / <double>(hi - lo)
+        self._samples += 1
 
     cdef int _prune(self) except -1:
         """Drop fully played runs (keeping the newest) and items left without runs."""

@@ -15,11 +15,16 @@ Model (all times in ms on the gateway's monotonic clock; the public API takes se
   played); garbage, a seq never issued, a future epoch, an old epoch with a seq of the current
   one, or a duplicate echo is UNKNOWN.  Echoes are FIFO, so an echo that skips pending marks
   acknowledges them too.
-* Latency ``L`` (one way): a *probe* mark is only issued when no mark of the epoch is pending,
-  i.e. Twilio's buffer is empty, so it is echoed at once: ``L`` = rtt / 2, first sample then an
-  EWMA with weight 1/4.  ``default_latency_ms`` until the first sample.  An error in ``L``
-  counts twice in the prediction (echoes are converted back by ``L``, the clear travels ``L``),
-  so the gateway should probe whenever it is idle (e.g. every 0.5 s and before an answer).
+* Latency ``L`` (one way) = rtt / 2, the interquartile mean of the last ``_LATENCY_WINDOW``
+  samples (robust like a median: one sample taken while an event loop stalled must not bend the
+  estimate; efficient like a mean: the per-message jitter averages out);
+  ``default_latency_ms`` until the first sample.  Samples come from
+  - *probe* marks, only issued when no audio mark of the epoch is pending (Twilio's buffer is
+    empty), so they are echoed at once: rtt = echo time - send time (several may be in flight);
+  - the first audio mark of a segment that started on an idle buffer: its chunk (bytes ``B..E``,
+    sent at ``s``) started playing on arrival, so rtt = echo time - s - (E - B) / bpm.
+  An error in ``L`` counts twice in the prediction (echoes are converted back by ``L``, the clear
+  travels ``L``), so the gateway should probe whenever it is idle (e.g. every 0.5 s).
 * Playback: Twilio plays continuously while its buffer is non-empty.  During such a *segment*
   stream byte ``x`` plays at ``O + x / bpm`` where the origin ``O`` is estimated
   - when a chunk starting at stream byte ``B`` is sent at ``s`` and Twilio will already have run
@@ -52,6 +57,7 @@ from collections import deque
 _AUDIO = 0
 _PROBE = 1
 _TOLERANCE_MS = 25.0
+_LATENCY_WINDOW = 16
 _MAX_DIGITS = 18  # a longer number cannot be an epoch/seq we issued (and would overflow int64)
 
 
@@ -111,6 +117,7 @@ class PlayoutLedger:
         self._lead = float(lead_ms)
         self._latency = float(default_latency_ms)
         self._samples = 0
+        self._recent: deque[float] = deque(maxlen=_LATENCY_WINDOW)  # one-way latency samples
         self._epoch = 0
         self._seq = 0  # next seq to issue
         self._epoch_first_seq = 0  # first seq issued in the current epoch
@@ -128,6 +135,7 @@ class PlayoutLedger:
         self._origin = 0.0  # O
         self._obs_n = 0
         self._seg_start = 0  # first stream byte of the segment
+        self._rtt_mark = (-1, 0.0, 0)  # (end byte, sent ms, start byte) of a segment's first chunk
 
     # -- read-only state ---------------------------------------------------------------------
     @property
@@ -179,7 +187,7 @@ class PlayoutLedger:
 
     def probe(self, now: float) -> str | None:
         """Mark name to send *before* any media if Twilio's buffer is believed empty, else None."""
-        if self._fifo:
+        if self._audio_pending:
             return None
         return self._issue(_PROBE, now * 1000.0)
 
@@ -195,6 +203,8 @@ class PlayoutLedger:
             self._origin = s + self._latency - start / self._bpm
             self._obs_n = 1
             self._seg_start = start
+            # On an idle buffer this chunk plays on arrival: its echo measures the round trip.
+            self._rtt_mark = (start + nbytes, s, start) if not self._audio_pending else (-1, 0.0, 0)
         runs = self._runs
         last = runs[-1] if runs else None
         if (last is None or last.item.content_index != content_index
@@ -243,16 +253,15 @@ class PlayoutLedger:
         kind, end, sent = fifo.popleft()
         r = now * 1000.0
         if kind == _PROBE:
-            sample = (r - sent) / 2.0
-            if self._samples:
-                self._latency += (sample - self._latency) * 0.25
-            else:
-                self._latency = sample
-            self._samples += 1
+            self._latency_sample((r - sent) / 2.0)
             self._probes += 1
             return MarkOutcome.PROBE
         self._audio_pending -= 1
         self._confirmed = end
+        rtt_end, rtt_sent, rtt_start = self._rtt_mark
+        if end == rtt_end:
+            self._rtt_mark = (-1, 0.0, 0)
+            self._latency_sample((r - rtt_sent - (rtt_end - rtt_start) / self._bpm) / 2.0)
         if end > self._seg_start:  # else the echo describes the previous segment
             o = r - self._latency - end / self._bpm
             if abs(o - self._origin) <= _TOLERANCE_MS:
@@ -264,6 +273,15 @@ class PlayoutLedger:
         self._prune()
         self._played += 1
         return MarkOutcome.PLAYED
+
+    def _latency_sample(self, sample: float) -> None:
+        recent = self._recent
+        recent.append(max(sample, 0.0))
+        ordered = sorted(recent)
+        n = len(ordered)
+        middle = ordered[n // 4:n - n // 4]  # drop the lowest and highest quarter
+        self._latency = sum(middle) / len(middle)
+        self._samples += 1
 
     def _prune(self) -> None:
         """Drop fully played runs (keeping the newest) and items left without runs."""

@@ -41,8 +41,12 @@ def session_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def session_update(settings: Settings) -> bytes:
-    return orjson.dumps({"type": "session.update", "session": session_config(settings)})
+def session_update(settings: Settings, event_id: str | None = None) -> bytes:
+    """``event_id`` (e.g. the CallSid) is echoed in any error about it: correlates logs across sides."""
+    event: dict[str, Any] = {"type": "session.update", "session": session_config(settings)}
+    if event_id:
+        event["event_id"] = event_id
+    return orjson.dumps(event)
 
 
 def response_create(instructions: str | None = None) -> bytes:

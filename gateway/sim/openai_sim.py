@@ -53,9 +53,11 @@ class OpenAISimConfig:
     """Simulator behaviour; defaults match the real service where it is known."""
 
     api_key: str = "sk-sim"
-    response_ms: tuple[int, ...] = (3000,)  # audio length of successive responses (cycled per session)
+    response_ms: tuple[int, ...] = (3000,)  # audio length of successive items (cycled per session)
+    items_per_response: int = 1  # assistant message items per response, streamed one after another
     chunk_ms: int = 100  # audio per response.output_audio.delta
     pace: float = 5.0  # delivery speed vs real time (5 = 100 ms of audio every 20 ms)
+    first_audio_ms: int = 0  # model "thinking" time: response.created -> first delta (real models: a few 100 ms)
     inflight_deltas_after_cancel: int = 1  # deltas still sent after a VAD barge-in cancel
     vad_threshold_dbfs: float = -40.0  # energy VAD on appended audio (20 ms windows)
     vad_min_speech_ms: int = 60  # speech must last this long before speech_started
@@ -110,7 +112,11 @@ class CancelRecord:
 
 @dataclass
 class ResponseRecord:
-    """One response: created by VAD or by ``response.create``."""
+    """One response: created by VAD or by ``response.create``.
+
+    ``item_id`` is the first output item; ``item_ids`` lists every item actually started, in output order
+    (with ``items_per_response`` > 1 a cancelled response lists only the items it got to).
+    """
 
     response_id: str
     item_id: str
@@ -119,6 +125,7 @@ class ResponseRecord:
     status: str = "in_progress"  # completed | cancelled
     reason: str | None = None  # turn_detected | client_cancelled
     done_at: float | None = None
+    item_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -192,16 +199,27 @@ class RejectedUpgrade:
 
 
 class _Stream:
-    """The delivery state of one in-progress response."""
+    """The delivery state of one in-progress response.
 
-    __slots__ = ("record", "item", "format", "modalities", "conversation", "words", "words_sent", "chunks_sent",
-                 "next_due", "cancel_countdown", "cancel_reason", "head", "mid", "metadata", "voice")
+    A response streams its items one after another: ``item`` is the current one (output ``index``),
+    ``items`` every item started so far, ``remaining`` how many are still to start after it. ``words``,
+    ``words_sent``, ``chunks_sent`` and the delta template ``mid`` belong to the current item.
+    """
 
-    def __init__(self, record: ResponseRecord, item: AssistantItem, fmt: dict[str, Any], voice: Any,
-                 modalities: list[str], conversation: bool, words: list[str], metadata: Any) -> None:
-        self.record, self.item, self.format, self.voice = record, item, fmt, voice
-        self.modalities, self.conversation, self.words, self.metadata = modalities, conversation, words, metadata
-        self.words_sent = self.chunks_sent = 0
+    __slots__ = ("record", "item", "items", "index", "remaining", "format", "modalities", "conversation", "words",
+                 "words_sent", "words_done", "chunks_sent", "next_due", "cancel_countdown", "cancel_reason", "head",
+                 "mid", "metadata", "voice")
+
+    def __init__(self, record: ResponseRecord, fmt: dict[str, Any], voice: Any, modalities: list[str],
+                 conversation: bool, n_items: int, metadata: Any) -> None:
+        self.record, self.format, self.voice = record, fmt, voice
+        self.modalities, self.conversation, self.metadata = modalities, conversation, metadata
+        self.item: AssistantItem | None = None
+        self.items: list[AssistantItem] = []
+        self.index = -1
+        self.remaining = max(1, n_items)
+        self.words: list[str] = []
+        self.words_sent = self.words_done = self.chunks_sent = 0  # words_done: of the finished items
         self.next_due = 0.0
         self.cancel_countdown: int | None = None
         self.cancel_reason: str | None = None
@@ -699,39 +717,54 @@ class SimSession(WSListener):
         voice = out.get("voice", cfg["audio"]["output"]["voice"])
         modalities = params.get("output_modalities") or cfg["output_modalities"]
         in_conversation = params.get("conversation", "auto") != "none"
-        audio_ms = self._cfg.response_ms[self._audio_responses % len(self._cfg.response_ms)]
         record = ResponseRecord(sim._new_id("resp_"), sim._new_id("item_"), trigger, now)
-        words = [_WORDS[(self._audio_responses * 7 + i) % len(_WORDS)] for i in range(max(1, audio_ms // 400))]
-        if "audio" in modalities:
-            bank = audio_bank(fmt["type"], self._cfg.seed, self._cfg.chunk_ms, self._cfg.bank_s)
-            item = AssistantItem(record.item_id, record.response_id, fmt["type"], audio_ms * BYTES_PER_MS[fmt["type"]],
-                                 now, _bank=bank, _first_chunk=self._bank_cursor)
-            self._bank_cursor += -(-item.planned_bytes // bank.chunk_bytes)
-            self._audio_responses += 1
-        else:
-            item = AssistantItem(record.item_id, record.response_id, "", 0, now)
-        stream = _Stream(record, item, fmt, voice, modalities, in_conversation, words, params.get("metadata"))
+        stream = _Stream(record, fmt, voice, modalities, in_conversation, self._cfg.items_per_response,
+                         params.get("metadata"))
         stream.head = b'{"type":"response.output_audio.delta","event_id":"' + self._event_prefix_b
-        stream.mid = (f'","response_id":"{record.response_id}","item_id":"{record.item_id}","output_index":0,'
-                      '"content_index":0,"delta":"').encode()
         self.responses.append(record)
-        self.assistant_items.append(item)
-        self._assistant[item.item_id] = item
         if in_conversation:
             self._active = stream
         else:
             self._out_of_band[record.response_id] = stream
         self._send("response.created", response=self._response_json(stream))
         self._send("rate_limits.updated", rate_limits=_RATE_LIMITS)
-        self._send("response.output_item.added", response_id=record.response_id, output_index=0,
-                   item=self._item_json(stream))
-        if in_conversation:
+        self._start_item(stream, record.item_id)
+        self._pacer.add(stream, self)
+        stream.next_due += self._cfg.first_audio_ms / 1000
+
+    def _start_item(self, stream: _Stream, item_id: str | None = None) -> None:
+        """Create the response's next output item (its length from the ``response_ms`` cycle) and open it."""
+        now = self._loop.time()
+        record, fmt = stream.record, stream.format
+        item_id = item_id or self.sim._new_id("item_")
+        audio_ms = self._cfg.response_ms[self._audio_responses % len(self._cfg.response_ms)]
+        words = [_WORDS[(self._audio_responses * 7 + i) % len(_WORDS)] for i in range(max(1, audio_ms // 400))]
+        if "audio" in stream.modalities:
+            bank = audio_bank(fmt["type"], self._cfg.seed, self._cfg.chunk_ms, self._cfg.bank_s)
+            item = AssistantItem(item_id, record.response_id, fmt["type"], audio_ms * BYTES_PER_MS[fmt["type"]],
+                                 now, _bank=bank, _first_chunk=self._bank_cursor)
+            self._bank_cursor += -(-item.planned_bytes // bank.chunk_bytes)
+            self._audio_responses += 1
+        else:
+            item = AssistantItem(item_id, record.response_id, "", 0, now)
+        if stream.item is not None:
+            stream.words_done += stream.words_sent
+        stream.item, stream.index, stream.remaining = item, len(stream.items), stream.remaining - 1
+        stream.items.append(item)
+        stream.words, stream.words_sent, stream.chunks_sent = words, 0, 0
+        stream.mid = (f'","response_id":"{record.response_id}","item_id":"{item_id}","output_index":{stream.index},'
+                      '"content_index":0,"delta":"').encode()
+        record.item_ids.append(item_id)
+        self.assistant_items.append(item)
+        self._assistant[item_id] = item
+        self._send("response.output_item.added", response_id=record.response_id, output_index=stream.index,
+                   item=self._item_json(item))
+        if stream.conversation:
             previous = self._last_item_id()
-            self._conversation[item.item_id] = self._item_json(stream)
-            self._send("conversation.item.added", previous_item_id=previous, item=self._item_json(stream))
+            self._conversation[item_id] = self._item_json(item)
+            self._send("conversation.item.added", previous_item_id=previous, item=self._item_json(item))
         part = {"type": "audio", "transcript": ""} if item.output_format else {"type": "text", "text": ""}
         self._send("response.content_part.added", **self._ids(stream), part=part)
-        self._pacer.add(stream, self)
 
     def _pump(self, stream: _Stream, horizon: float) -> None:
         """Send every delta of ``stream`` that is due by ``horizon`` (called by the pacer)."""
@@ -747,8 +780,11 @@ class SimSession(WSListener):
                     self._finish(stream, "cancelled", stream.cancel_reason)
                     return
             elif exhausted:
-                self._finish(stream, "completed", None)
-                return
+                if stream.remaining <= 0:
+                    self._finish(stream, "completed", None)
+                    return
+                self._finish_item(stream, "completed")
+                self._start_item(stream)  # its first delta is due on the next period
 
     def _send_audio_chunk(self, stream: _Stream) -> bool:
         """One ``response.output_audio.delta`` (from a byte template) + its transcript share; True at the end."""
@@ -790,11 +826,25 @@ class SimSession(WSListener):
             self._finish(stream, "cancelled", "turn_detected")
 
     def _finish(self, stream: _Stream, status: str, reason: str | None) -> None:
-        """Close a response: the done events of part, item and response (also for a cancel)."""
+        """Close a response: the done events of the current part and item, then the response's (also for a
+        cancel: the current item ends incomplete and the items not started yet never are)."""
         self._pacer.discard(stream)
-        record, item = stream.record, stream.item
+        record = stream.record
         record.status, record.reason, record.done_at = status, reason, self._loop.time()
-        item.status = "completed" if status == "completed" else "incomplete"
+        self._finish_item(stream, "completed" if status == "completed" else "incomplete")
+        self._send("response.done", response=self._response_json(stream))
+        if self._active is stream:
+            self._active = None
+            if self._auto_response_pending and not self._closing:
+                self._auto_response_pending = False
+                self._start_response("vad", {})
+        else:
+            self._out_of_band.pop(record.response_id, None)
+
+    def _finish_item(self, stream: _Stream, status: str) -> None:
+        """The done events of the current item: audio/transcript (or text), part, output item, conversation item."""
+        record, item = stream.record, stream.item
+        item.status = status
         ids = self._ids(stream)
         if item.output_format:
             self._send("response.output_audio.done", **ids)
@@ -804,19 +854,12 @@ class SimSession(WSListener):
             self._send("response.output_text.done", **ids, text=item.transcript)
             part = {"type": "text", "text": item.transcript}
         self._send("response.content_part.done", **ids, part=part)
-        item_json = self._item_json(stream)
-        self._send("response.output_item.done", response_id=record.response_id, output_index=0, item=item_json)
+        item_json = self._item_json(item)
+        self._send("response.output_item.done", response_id=record.response_id, output_index=stream.index,
+                   item=item_json)
         if stream.conversation and item.item_id in self._conversation:
             self._conversation[item.item_id] = item_json
             self._send("conversation.item.done", previous_item_id=self._previous_of(item.item_id), item=item_json)
-        self._send("response.done", response=self._response_json(stream))
-        if self._active is stream:
-            self._active = None
-            if self._auto_response_pending and not self._closing:
-                self._auto_response_pending = False
-                self._start_response("vad", {})
-        else:
-            self._out_of_band.pop(record.response_id, None)
 
     def _on_response_cancel(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
         wanted = event.get("response_id")
@@ -940,11 +983,10 @@ class SimSession(WSListener):
         return previous
 
     def _ids(self, stream: _Stream) -> dict[str, Any]:
-        return {"response_id": stream.record.response_id, "item_id": stream.item.item_id, "output_index": 0,
-                "content_index": 0}
+        return {"response_id": stream.record.response_id, "item_id": stream.item.item_id,
+                "output_index": stream.index, "content_index": 0}
 
-    def _item_json(self, stream: _Stream) -> dict[str, Any]:
-        item = stream.item
+    def _item_json(self, item: AssistantItem) -> dict[str, Any]:
         content = []
         if item.status != "in_progress":
             content = [{"type": "output_audio", "transcript": item.transcript} if item.output_format
@@ -953,12 +995,13 @@ class SimSession(WSListener):
                 "role": "assistant", "content": content}
 
     def _response_json(self, stream: _Stream) -> dict[str, Any]:
-        record, item = stream.record, stream.item
+        record = stream.record
         done = record.status != "in_progress"
         usage = None
         if done:
             audio_in, text_in = int(self._committed_input_ms // 100), 120
-            audio_out, text_out = item.generated_ms // 50, stream.words_sent
+            audio_out = sum(item.generated_ms // 50 for item in stream.items)
+            text_out = stream.words_done + stream.words_sent
             usage = {"total_tokens": audio_in + text_in + audio_out + text_out, "input_tokens": audio_in + text_in,
                      "output_tokens": audio_out + text_out,
                      "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "image_tokens": 0,
@@ -970,7 +1013,7 @@ class SimSession(WSListener):
             "object": "realtime.response", "id": record.response_id, "status": record.status,
             "status_details": None if record.status != "cancelled" else {"type": "cancelled",
                                                                          "reason": record.reason},
-            "output": [self._item_json(stream)] if done else [],
+            "output": [self._item_json(item) for item in stream.items] if done else [],
             "conversation_id": self.conversation_id if stream.conversation else None,
             "output_modalities": stream.modalities, "max_output_tokens": self.session_config["max_output_tokens"],
             "audio": {"output": {"format": stream.format, "voice": stream.voice}}, "usage": usage,
@@ -1040,12 +1083,20 @@ class OpenAIRealtimeSim:
     async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None) -> str:
         """Listen (port 0 = ephemeral) and return ``ws(s)://host:port/v1/realtime?model=gpt-realtime``."""
         self._loop = asyncio.get_running_loop()
+        self._warm_up()
         self._pacer = _Pacer(self._loop, self.config.chunk_ms / self.config.pace / 1000)
         self._server = await ws_create_server(self._route, host, port, ssl=ssl_context,
                                               max_frame_size=32 * 1024 * 1024)
         bound_port = self._server.sockets[0].getsockname()[1]
         self.url = f"{'wss' if ssl_context else 'ws'}://{host}:{bound_port}/v1/realtime?model={DEFAULT_MODEL}"
         return self.url
+
+    def _warm_up(self) -> None:
+        """Build the audio banks and the schema validator now, not inside the first session:
+        a ~0.5 s stall of the shared event loop would distort every timing measured in-process."""
+        for fmt in ("audio/pcmu", "audio/pcm"):
+            audio_bank(fmt, self.config.seed, self.config.chunk_ms, self.config.bank_s)
+        validate_client_event({"type": "input_audio_buffer.clear"})
 
     async def stop(self) -> None:
         """Close the listener and every live session (CLOSE 1001), then wait for the disconnects."""

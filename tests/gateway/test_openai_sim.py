@@ -615,3 +615,174 @@ def test_text_response_transcription_and_modalities(loop):
         await client.ws.close()
         await sim.stop()
     run(loop, scenario())
+
+
+# ---------------------------------------------------------------------------------------------- multi-item responses
+
+ITEM_EVENTS = ["response.output_item.added", "conversation.item.added", "response.content_part.added", "deltas",
+               "response.output_audio.done", "response.output_audio_transcript.done", "response.content_part.done",
+               "response.output_item.done", "conversation.item.done"]
+
+
+def audio_by_item(events: list[dict]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for e in events:
+        if e["type"] == DELTA:
+            out[e["item_id"]] = out.get(e["item_id"], b"") + base64.b64decode(e["delta"])
+    return out
+
+
+@LOOPS
+def test_two_items_per_response_in_order(loop):
+    async def scenario():
+        sim = await started(OpenAISimConfig(response_ms=(600, 400, 200), items_per_response=2, pace=20))
+        client = await opened(sim)
+        await client.send({"type": "response.create"})
+        events = await client.until("response.done")
+        assert types(events) == ["response.created", "rate_limits.updated", *ITEM_EVENTS, *ITEM_EVENTS,
+                                 "response.done"]
+        rid = events[0]["response"]["id"]
+        added = [e for e in events if e["type"] == "response.output_item.added"]
+        first, second = (e["item"]["id"] for e in added)
+        assert [e["output_index"] for e in added] == [0, 1] and first != second
+        for e in events:  # every per-item event carries its item's output index and the response id
+            if "output_index" in e:
+                item_id = e.get("item_id") or e["item"]["id"]
+                assert (e["response_id"], e["output_index"]) == (rid, [first, second].index(item_id)), e
+        conv_added = [e for e in events if e["type"] == "conversation.item.added"]
+        assert conv_added[1]["previous_item_id"] == first  # the second item follows the first
+        firsts = [i for i, e in enumerate(events) if e.get("item_id", e.get("item", {}).get("id")) == second]
+        lasts = [i for i, e in enumerate(events) if e.get("item_id", e.get("item", {}).get("id")) == first]
+        assert max(lasts) < min(firsts)  # one after another, never interleaved
+        done = events[-1]["response"]
+        assert done["id"] == rid and done["status"] == "completed"
+        assert [(o["id"], o["status"]) for o in done["output"]] == [(first, "completed"), (second, "completed")]
+        transcripts = [e["transcript"] for e in events if e["type"] == "response.output_audio_transcript.done"]
+        assert [o["content"][0]["transcript"] for o in done["output"]] == transcripts
+
+        s = sim.sessions[0]
+        audio = audio_by_item(events)
+        items = s.assistant_items
+        assert [i.item_id for i in items] == [first, second] and s.responses[0].item_ids == [first, second]
+        assert all(i.response_id == rid and i.status == "completed" for i in items)
+        assert [i.generated_ms for i in items] == [600, 400]  # the response_ms cycle, one step per item
+        assert [i.audio for i in items] == [audio[first], audio[second]] and audio[first] != audio[second]
+        assert [i.transcript for i in items] == transcripts
+
+        await client.send_audio(speech(200) + silence(500))  # a VAD-triggered response: 2 items as well
+        events = await client.until("response.done")
+        done = events[-1]["response"]
+        assert len(done["output"]) == 2 and done["status"] == "completed"
+        assert [r.trigger for r in s.responses] == ["client", "vad"]
+        assert [i.generated_ms for i in s.assistant_items] == [600, 400, 200, 600]
+        assert [i.response_id for i in s.assistant_items[2:]] == [done["id"]] * 2
+        all_audio = [i.audio for i in s.assistant_items]
+        windows = [a[k:k + 40] for a in all_audio for k in range(len(a) - 39)]
+        assert len(set(windows)) == len(windows)  # unique within the session, across items and responses
+        assert s.locate(s.assistant_items[3].audio[800:840]) == (s.assistant_items[3], 800)
+        assert sim.violations() == []
+        await client.ws.close()
+        await sim.stop()
+    run(loop, scenario())
+
+
+@LOOPS
+def test_barge_in_during_first_item_cancels_whole_response(loop):
+    async def scenario():
+        sim = await started(OpenAISimConfig(response_ms=(3000, 2000), items_per_response=2, pace=5.0))
+        client = await opened(sim)
+        await client.send_audio(speech(300) + silence(500))
+        events = await client.until(DELTA)
+        events += [await client.recv(), await client.recv()]
+        await client.send(append(speech(60)))  # barge-in while the first item streams
+        events += await client.until("response.done")
+        names = [e["type"] for e in events]
+        at = names.index("input_audio_buffer.speech_started", names.index("response.created"))
+        tail = [t for t in names[at:] if t not in (DELTA, "response.output_audio_transcript.delta")]
+        assert tail == ["input_audio_buffer.speech_started", "response.output_audio.done",
+                        "response.output_audio_transcript.done", "response.content_part.done",
+                        "response.output_item.done", "conversation.item.done", "response.done"]
+        assert names.count("response.output_item.added") == 1
+        assert {e["output_index"] for e in events if "output_index" in e} == {0}
+        done = events[-1]["response"]
+        assert done["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+        assert [o["status"] for o in done["output"]] == ["incomplete"]
+
+        s = sim.sessions[0]
+        item = s.assistant_items[0]
+        assert len(s.assistant_items) == 1 and s.responses[0].item_ids == [item.item_id]
+        assert (s.responses[0].status, s.responses[0].reason) == ("cancelled", "turn_detected")
+        assert item.status == "incomplete" and item.audio == audio_by_item(events)[item.item_id]
+        await asyncio.sleep(0.3)  # the second item never comes, not even late
+        await client.send({"type": "response.cancel", "event_id": "c1"})  # nothing is left active
+        later = await client.until("error")
+        assert later[-1]["error"]["code"] == "response_cancel_not_active"
+        assert not {"response.output_item.added", DELTA, "response.done"} & set(types(later))
+        assert len(s.assistant_items) == 1 and sim.violations() == []
+        await client.ws.close()
+        await sim.stop()
+    run(loop, scenario())
+
+
+@LOOPS
+def test_client_cancel_during_second_item(loop):
+    async def scenario():
+        sim = await started(OpenAISimConfig(response_ms=(300, 3000), items_per_response=3, pace=5.0))
+        client = await opened(sim)
+        await client.send({"type": "response.create"})
+        events = await client.until("response.output_item.added")
+        events += await client.until("response.output_item.added")  # the second item has started
+        events += await client.until(DELTA)
+        await client.send({"type": "response.cancel"})
+        events += await client.until("response.done")
+        done = events[-1]["response"]
+        assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+        assert [o["status"] for o in done["output"]] == ["completed", "incomplete"]  # the third never started
+        s = sim.sessions[0]
+        assert [i.status for i in s.assistant_items] == ["completed", "incomplete"]
+        assert s.responses[0].item_ids == [o["id"] for o in done["output"]]
+        assert [i.audio for i in s.assistant_items] == [audio_by_item(events)[o["id"]] for o in done["output"]]
+        assert sim.violations() == []
+        await client.ws.close()
+        await sim.stop()
+    run(loop, scenario())
+
+
+@LOOPS
+def test_truncate_second_item_after_response_done(loop):
+    async def scenario():
+        sim = await started(OpenAISimConfig(response_ms=(600, 800), items_per_response=2, pace=20))
+        client = await opened(sim)
+        await client.send({"type": "response.create"})
+        await client.until("response.done")
+        s = sim.sessions[0]
+        first, second = s.assistant_items
+        assert (first.generated_ms, second.generated_ms) == (600, 800)
+        await client.send({"type": "conversation.item.truncate", "event_id": "t1", "item_id": second.item_id,
+                           "content_index": 0, "audio_end_ms": 801})
+        error = (await client.until("error"))[-1]["error"]
+        assert error["message"] == "Audio content of 800ms is already shorter than 801ms"
+        assert (error["code"], error["param"], error["event_id"]) == ("invalid_value", "audio_end_ms", "t1")
+        await client.send({"type": "conversation.item.truncate", "item_id": second.item_id, "content_index": 0,
+                           "audio_end_ms": 700})  # beyond the first item's 600 ms, within the second's 800
+        truncated = (await client.until("conversation.item.truncated"))[-1]
+        assert (truncated["item_id"], truncated["audio_end_ms"]) == (second.item_id, 700)
+        await client.send({"type": "conversation.item.truncate", "event_id": "t3", "item_id": second.item_id,
+                           "content_index": 0, "audio_end_ms": 701})
+        error = (await client.until("error"))[-1]["error"]
+        assert error["message"] == "Audio content of 700ms is already shorter than 701ms"
+        await client.send({"type": "conversation.item.truncate", "event_id": "t4", "item_id": first.item_id,
+                           "content_index": 0, "audio_end_ms": 700})
+        error = (await client.until("error"))[-1]["error"]
+        assert error["message"] == "Audio content of 600ms is already shorter than 700ms"
+        assert [(t.item_id, t.audio_end_ms, t.accepted) for t in s.truncates] == [
+            (second.item_id, 801, False), (second.item_id, 700, True), (second.item_id, 701, False),
+            (first.item_id, 700, False)]
+        assert (first.truncated_ms, second.truncated_ms) == (None, 700)
+        await client.send({"type": "conversation.item.retrieve", "item_id": second.item_id})
+        retrieved = (await client.until("conversation.item.retrieved"))[-1]["item"]
+        assert base64.b64decode(retrieved["content"][0]["audio"]) == second.audio[:700 * 8]
+        assert sim.violations() == []
+        await client.ws.close()
+        await sim.stop()
+    run(loop, scenario())
