@@ -42,6 +42,8 @@ PROBE_BURST_S = 0.02
 PROBE_BURST_MAX = 40
 PROBE_INTERVAL_S = 1.0
 PROBE_SAMPLES_WANTED = 16
+START_TIMEOUT_S = 10.0  # a media socket must send `start` within this
+SILENCE_TIMEOUT_S = 10.0  # Twilio streams 50 frames/s while the call is up: none for this long = gone
 FRAME_BYTES = 160  # 20 ms of μ-law; Twilio's usual frame (not assumed anywhere else)
 BENIGN_UPSTREAM_ERRORS = frozenset(
     {"response_cancel_not_active", "conversation_already_has_active_response", "invalid_value"}
@@ -74,14 +76,13 @@ class CallStats:
     """Plain per-call counters, read by the runtime's metrics flush (never a metric object here)."""
 
     __slots__ = (
-        "frames_in", "bytes_in", "appends_out", "deltas_in", "bytes_out", "deltas_dropped",
+        "frames_in", "appends_out", "deltas_in", "bytes_out", "deltas_dropped",
         "marks_sent", "interrupts", "clears", "clear_latency_s", "truncations", "cancels",
         "upstream_errors", "twilio_protocol_errors", "upstream_connect_s", "pending_dropped_bytes",
     )
 
     def __init__(self) -> None:
-        self.frames_in = 0  # Twilio media frames received
-        self.bytes_in = 0  # μ-law bytes of caller audio (ms = bytes / 8)
+        self.frames_in = 0  # Twilio media frames received (20 ms each)
         self.appends_out = 0
         self.deltas_in = 0
         self.bytes_out = 0  # μ-law bytes of assistant audio sent to Twilio
@@ -106,7 +107,7 @@ class Call:
         settings: Settings,
         twilio: Sender,
         clock: Callable[[], float],
-        open_upstream: Callable[[Call], None],
+        open_upstream: Callable[[Call], Any],
         tokens: TokenVerifier | None = None,
         on_end: Callable[[Call], None] | None = None,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
@@ -125,15 +126,18 @@ class Call:
         self._tokens = tokens
         self._on_end = on_end
         self._up: Sender | None = None
+        self._connecting: Any = None  # handle of the upstream connect in progress (has .cancel())
         self._upstream_ready = False
         self._pending_in = bytearray()  # caller audio received before the upstream is ready
         self._inbuf = bytearray()  # coalescing buffer (coalesce_frames > 1)
         self._coalesce_bytes = settings.coalesce_frames * FRAME_BYTES
+        self._direct = settings.coalesce_frames == 1  # one frame, one append: the single-call path
         transcode = settings.audio_mode == "pcm16"
         self._in_resampler = fp.Resampler(8000, 24000) if transcode else None
         self._out_resampler = fp.Resampler(24000, 8000) if transcode else None
-        lead_ms = self._out_resampler.delay / 8.0 if self._out_resampler is not None else 0.0
-        self.ledger = fp.PlayoutLedger(8, settings.twilio_latency_ms, lead_ms)
+        # μ-law at Twilio lags the model's audio by the output resampler's group delay.
+        self._lead_ms = self._out_resampler.delay / 8.0 if self._out_resampler is not None else 0.0
+        self.ledger = fp.PlayoutLedger(8, settings.twilio_latency_ms, self._lead_ms)
         # Response / item bookkeeping for barge-in.
         self._active_response: str | None = None
         self._cancel_requested: str | None = None  # response we (or the server's VAD) are cancelling
@@ -141,8 +145,11 @@ class Call:
         self._interrupted_responses: set[str] = set()
         self._interrupted_items: set[str] = set()
         self._tail_item: tuple[str, int] | None = None  # pcm16: item whose resampler tail is pending
+        self._item_produced: dict[str, float] = {}  # ms of model audio forwarded, per item still generating
         self._greeted = False
         self._next_probe = 0.0
+        self._frames_seen = 0
+        self._frames_seen_at = self.started_at
         self._call_later = call_later  # loop.call_later; None: no probe burst (unit tests)
         self._burst: Any = None
         self._burst_left = PROBE_BURST_MAX
@@ -150,7 +157,7 @@ class Call:
     # ------------------------------------------------------------------ Twilio side
     def on_twilio(self, message: bytes | memoryview) -> None:
         """One text message from Twilio. The common case (media while streaming) is one C call."""
-        if self.state is State.STREAMING and self._inbuf_direct():
+        if self.state is State.STREAMING and self._direct:
             try:
                 out = fp.media_to_append(message, self._in_resampler, self.stream_sid)
             except ProtocolError as exc:
@@ -161,19 +168,19 @@ class Call:
                 self._up.send(out)  # type: ignore[union-attr]
                 self.stats.appends_out += 1
                 return
-        self._on_twilio_slow(message)
+            self._on_twilio_slow(message, media_checked=True)
+            return
+        self._on_twilio_slow(message, media_checked=False)
 
-    def _inbuf_direct(self) -> bool:
-        return self._coalesce_bytes == FRAME_BYTES
-
-    def _on_twilio_slow(self, message: bytes | memoryview) -> None:
+    def _on_twilio_slow(self, message: bytes | memoryview, media_checked: bool) -> None:
         if self.state is State.ENDED:
             return
         try:
-            audio = fp.decode_media(message, self.stream_sid) if self.stream_sid else None
-            if audio is not None:
-                self._on_caller_audio(audio)
-                return
+            if self.stream_sid and not media_checked:
+                audio = fp.decode_media(message, self.stream_sid)
+                if audio is not None:
+                    self._on_caller_audio(audio)
+                    return
             event = orjson.loads(message)
         except (ProtocolError, orjson.JSONDecodeError) as exc:
             self._twilio_violation("invalid_json" if isinstance(exc, orjson.JSONDecodeError) else "invalid_media",
@@ -213,6 +220,8 @@ class Call:
                 log.warning("twilio sent an unknown event %r; ignored", kind[:40], extra=self._log_extra())
         except TwilioProtocolError as exc:
             self._twilio_violation(exc.kind, str(exc))
+        except (TypeError, ValueError, AttributeError) as exc:  # ill-typed fields in a valid JSON event
+            self._twilio_violation("invalid_event", f"{kind!r}: {exc}")
 
     def on_twilio_binary(self) -> None:
         """Twilio only sends JSON text frames: a binary frame is a protocol violation."""
@@ -250,7 +259,7 @@ class Call:
         log.info("stream started", extra=self._log_extra())
         # Probe marks on the empty buffer measure the latency to Twilio before any audio.
         self._probe_burst()
-        self._open_upstream(self)
+        self._connecting = self._open_upstream(self)
 
     def _on_caller_audio(self, audio: bytes) -> None:
         self.stats.frames_in += 1
@@ -289,6 +298,7 @@ class Call:
             sender.close(1000, "call ended")
             return
         self._up = sender
+        self._connecting = None
         self.stats.upstream_connect_s = connect_s
         sender.send(oa.session_update(self.settings, f"{self.call_sid}:session"))
         self._upstream_ready = True
@@ -343,16 +353,17 @@ class Call:
 
     def _on_delta(self, item_id: str, content_index: int, audio: bytes, produced_ms: float) -> None:
         self.stats.deltas_in += 1
-        if item_id in self._interrupted_items:
-            self.stats.deltas_dropped += 1
-            return
-        response_id = self._item_response.get(item_id)
-        if response_id is not None and response_id in self._interrupted_responses:
+        if item_id in self._interrupted_items or self._item_response.get(item_id) in self._interrupted_responses:
             self._interrupted_items.add(item_id)
             self.stats.deltas_dropped += 1
+            if self._out_resampler is not None:  # it just ingested audio nobody will hear
+                self._out_resampler.reset()
+                self._tail_item = None
             return
         if not audio:
             return
+        produced = self._item_produced
+        produced[item_id] = produced.get(item_id, 0.0) + produced_ms
         now = self._clock()
         ledger = self.ledger
         if not ledger.busy:
@@ -384,6 +395,7 @@ class Call:
                     self._interrupted_items.add(item_id)
         elif kind in ("response.output_audio.done", "response.audio.done"):
             self._flush_tail(event.get("item_id"))
+            self._item_produced.pop(event.get("item_id"), None)  # complete: the ledger knows it
         elif kind == "response.done":
             self._on_response_done(event.get("response") or {})
         elif kind == "error":
@@ -413,13 +425,20 @@ class Call:
             for item_id in [i for i, r in self._item_response.items() if r == response_id]:
                 del self._item_response[item_id]
                 self._interrupted_items.discard(item_id)
+                self._item_produced.pop(item_id, None)
+        if self._out_resampler is not None and self._tail_item is not None:
+            self._out_resampler.reset()  # an item ended without output_audio.done: drop its tail
+            self._tail_item = None
 
     def _on_upstream_error(self, error: dict[str, Any]) -> None:
         code = error.get("code") or error.get("type") or "unknown"
         code = str(code)[:64]
         self._count_upstream_error(code)
         message = str(error.get("message", ""))[:200]
-        if code in FATAL_UPSTREAM_ERRORS:
+        if str(error.get("event_id", "")).endswith(":session"):
+            # Our session.update was refused: formats/voice are not what we send. Cannot go on.
+            self.upstream_failed(UpstreamError(message, code), "session_rejected")
+        elif code in FATAL_UPSTREAM_ERRORS:
             self.upstream_failed(UpstreamError(message, code), code)
         elif code in BENIGN_UPSTREAM_ERRORS:
             log.info("upstream error (benign) %s: %s", code, message, extra=self._log_extra())
@@ -447,6 +466,16 @@ class Call:
 
         While Twilio's buffer is idle, probe marks keep the latency estimate fresh.
         """
+        if self.state is State.CONNECTED and now - self.started_at > START_TIMEOUT_S:
+            self._twilio_violation("no_start", f"no 'start' within {START_TIMEOUT_S:.0f} s")
+            return
+        if self.stats.frames_in != self._frames_seen:
+            self._frames_seen, self._frames_seen_at = self.stats.frames_in, now
+        elif self.state is not State.CONNECTED and now - self._frames_seen_at > SILENCE_TIMEOUT_S:
+            log.warning("no media from Twilio for %.0f s; ending the call", SILENCE_TIMEOUT_S,
+                        extra=self._log_extra())
+            self.end("twilio_silent", "twilio_silent", close_code=1001)
+            return
         ledger = self.ledger
         if self.state is State.STREAMING and not ledger.busy and now >= self._next_probe:
             probe = ledger.probe(now)
@@ -485,12 +514,21 @@ class Call:
                 self.stats.cancels += 1
             self._cancel_requested = response_id
             self._interrupted_responses.add(response_id)
+            # Items of this response still being generated that the caller heard in full *so far*
+            # (Twilio's buffer ran dry) are not in the plan, yet the model holds more of them than
+            # the caller heard: truncate them at what was forwarded.
+            planned = {item for item, _, _ in plan}
             for item_id, rid in self._item_response.items():
-                if rid == response_id:
-                    self._interrupted_items.add(item_id)
+                if rid != response_id:
+                    continue
+                self._interrupted_items.add(item_id)
+                produced_ms = self._item_produced.get(item_id)
+                if produced_ms is not None and item_id not in planned:
+                    plan.append((item_id, 0, max(0, int(produced_ms - self._lead_ms))))
             acted = True
         for item_id, content_index, audio_end_ms in plan:
             self._interrupted_items.add(item_id)
+            self._item_produced.pop(item_id, None)
             if audio_end_ms == 0 and self.settings.unheard_item_action != "truncate":
                 if self.settings.unheard_item_action == "delete":
                     up.send(oa.item_delete(item_id))
@@ -514,6 +552,9 @@ class Call:
             return
         self.state = State.ENDED
         self.outcome = outcome
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
         if self._burst is not None:
             self._burst.cancel()
             self._burst = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -29,13 +30,18 @@ VOICE_PATH = "/twilio/voice"
 GATEWAY_KEY = web.AppKey("gateway", object)
 
 
+def forwarded_base(headers: Mapping[str, str], scheme: str = "http") -> str:
+    """Base URL as the client saw it, from a proxy's X-Forwarded-* headers (development only)."""
+    proto = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+    host = headers.get("X-Forwarded-Host", headers.get("Host", "")).split(",")[0].strip()
+    return f"{proto}://{host}"
+
+
 def public_base(request: web.BaseRequest, configured: str) -> str:
     """The base URL Twilio used: configured (production), else rebuilt from proxy headers (dev)."""
     if configured:
         return configured.rstrip("/")
-    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
-    return f"{proto}://{host}"
+    return forwarded_base(request.headers, request.scheme)
 
 
 def media_url(base: str) -> str:

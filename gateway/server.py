@@ -21,7 +21,7 @@ from picows.picows import WSAutoPingStrategy, WSProtocol
 
 from .call import Call
 from .config import Settings
-from .http import MEDIA_PATH, make_app, media_url
+from .http import MEDIA_PATH, forwarded_base, make_app, media_url
 from .openai.upstream import UpstreamConnector
 from .twilio.media import TwilioMediaListener
 from .twilio.signature import validate_signature
@@ -162,7 +162,7 @@ class Gateway:
             return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(503, b"busy\n"), None)
         signature = request.headers.get("X-Twilio-Signature")
         if signature is not None and self.settings.secure:
-            base = self.settings.public_url or f"http://{request.headers.get('Host', '')}"
+            base = self.settings.public_url or forwarded_base(request.headers)
             if not validate_signature(self.settings.twilio_auth_token, media_url(base), {}, signature):
                 self.count_rejected("bad_signature")
                 log.warning("media socket rejected: bad X-Twilio-Signature")
@@ -203,8 +203,11 @@ class Gateway:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        for call in self.calls:
-            call.tick(now)
+        for call in list(self.calls):  # tick may end a call (and remove it from the set)
+            try:
+                call.tick(now)
+            except Exception:  # one call's bug must not stop housekeeping for the others
+                log.exception("tick failed", extra=call._log_extra())
         self._tick_handle = loop.call_later(TICK_S, self._tick)
 
     async def stop(self) -> None:

@@ -40,7 +40,15 @@ class UpstreamListener(WSListener):
         self._fragments: bytearray | None = None
         self.closed_by_us = False
 
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        # The connect may complete after the call ended (timeout/cancel race): close at once.
+        if self.call.state is State.ENDED:
+            transport.disconnect()
+
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.call.state is State.ENDED:
+            transport.disconnect()
+            return
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT and frame.fin:
             self.call.on_upstream(frame.get_payload_as_memoryview())
@@ -81,10 +89,12 @@ class UpstreamConnector:
             self._ssl = ctx
         self._tasks: set[asyncio.Task] = set()
 
-    def open(self, call: Call) -> None:
+    def open(self, call: Call) -> asyncio.Task:
+        """Start connecting; the call keeps the task to cancel it if it ends first."""
         task = asyncio.get_running_loop().create_task(self._connect(call))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _connect(self, call: Call) -> None:
         loop = asyncio.get_running_loop()
@@ -99,6 +109,7 @@ class UpstreamConnector:
                     websocket_handshake_timeout=self._settings.upstream_connect_timeout_s,
                     max_frame_size=MAX_UPSTREAM_MESSAGE,
                     enable_auto_ping=False,
+                    max_redirects=0,  # never replay the API key to another host
                     logger_name="upstream",
                 ),
                 self._settings.upstream_connect_timeout_s,
@@ -114,6 +125,9 @@ class UpstreamConnector:
         except Exception as exc:  # handshake refused (401/403/5xx), DNS, connection refused
             code = "handshake" if type(exc).__name__.startswith("WS") else "connect_failed"
             call.upstream_failed(exc, code)
+            return
+        if call.state is State.ENDED:
+            transport.disconnect()
             return
         call.upstream_connected(UpstreamSender(transport), loop.time() - t0)
 

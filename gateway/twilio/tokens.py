@@ -37,10 +37,14 @@ class TokenVerifier:
         if not token or not isinstance(token, str):
             return "missing"
         expiry_s, _, mac = token.partition(".")
-        if not expiry_s.isdigit() or not mac:
+        # Canonical ASCII decimal only: "0123" or full-width digits would mint a fresh replay-cache
+        # key for the same MAC.
+        if not (0 < len(expiry_s) <= 12 and expiry_s.isascii() and expiry_s.isdigit()) or not mac:
             return "malformed"
         expiry = int(expiry_s)
-        if not hmac.compare_digest(mac, _mac(self._key, call_sid, expiry)):
+        if str(expiry) != expiry_s:
+            return "malformed"
+        if not hmac.compare_digest(mac.encode("utf-8", "replace"), _mac(self._key, call_sid, expiry).encode()):
             return "bad_mac"
         if expiry < now:
             return "expired"

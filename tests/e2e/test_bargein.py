@@ -143,3 +143,14 @@ def test_late_deltas_of_interrupted_response_are_dropped(run):
                     and session.locate(h.payload[:40])[0].item_id == item.item_id]
             assert late == []
     run(scenario())
+
+
+def test_barge_in_when_generation_is_slower_than_playback(run):
+    """Twilio's buffer runs dry between deltas: the item is truncated at what was forwarded."""
+    async def scenario():
+        async with stack(pace=0.8) as st:
+            record, report = await st.call(CallScript(duration_ms=2500, turns=(Turn(after_heard_ms=700, speech_ms=400),)))
+            assert report.problems == []
+            assert len(report.truncates) == 1
+            assert abs(report.truncates[0].error_ms) <= TOLERANCE_MS
+    run(scenario())
