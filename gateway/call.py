@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 import _fastpath as fp
-from _fastpath import MarkOutcome, ProtocolError
+from _fastpath import ProtocolError
 
 from .config import Settings
 from .errors import TwilioProtocolError, UpstreamError, UpstreamProtocolError

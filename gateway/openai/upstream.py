@@ -9,29 +9,14 @@ import asyncio
 import logging
 import ssl
 
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..call import Call, State
 from ..config import Settings
+from ..ws import WSSender
 
 log = logging.getLogger("gateway.upstream")
 MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024  # input appends may be 15 MiB; server events are far smaller
-
-
-class UpstreamSender:
-    __slots__ = ("_transport",)
-
-    def __init__(self, transport: WSTransport) -> None:
-        self._transport = transport
-
-    def send(self, data: bytes) -> None:
-        self._transport.send(WSMsgType.TEXT, data)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        transport = self._transport
-        if not transport.is_close_frame_sent:
-            transport.send_close(WSCloseCode(code), reason.encode())
-        transport.disconnect()
 
 
 class UpstreamListener(WSListener):
@@ -129,7 +114,7 @@ class UpstreamConnector:
         if call.state is State.ENDED:
             transport.disconnect()
             return
-        call.upstream_connected(UpstreamSender(transport), loop.time() - t0)
+        call.upstream_connected(WSSender(transport), loop.time() - t0)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -16,7 +16,7 @@ from ..config import Settings
 from ..server import Gateway
 from .openai_sim import OpenAIRealtimeSim, OpenAISimConfig, SimSession
 from .openai_tls import make_self_signed_tls
-from .truth import expected_ulaw, heard_bytes_per_item
+from .truth import ItemIndex, expected_ulaw, heard_bytes_per_item
 from .twilio_record import CallRecord
 from .twilio_script import CallScript
 from .twilio_sim import TwilioCall, TwilioSim, TwilioSimConfig
@@ -204,25 +204,16 @@ def _check_outbound(record: CallRecord, session: SimSession, expected: dict[str,
     Returns the bytes received per item. Transcoded audio is located by windows (an independent
     transcode may differ by one code now and then), passthrough audio is compared byte for byte.
     """
-    from .truth import WINDOW
-
     received: dict[str, bytearray] = {}
-    index = {}
-    for item_id, audio in expected.items():
-        for off in range(0, max(0, len(audio) - WINDOW + 1)):
-            index.setdefault(audio[off:off + WINDOW], (item_id, off))
+    index = ItemIndex(expected)
     for chunk in record.heard:
         payload = chunk.payload
-        hit = None
-        for start in range(0, max(1, len(payload) - WINDOW + 1), WINDOW):
-            hit = index.get(bytes(payload[start:start + WINDOW]))
-            if hit is not None:
-                item_id, off = hit[0], hit[1] - start
-                break
+        hit = index.locate(payload)
         if hit is None:
             if payload:
                 problems.append(f"Twilio received {len(payload)} B matching no assistant item")
             continue
+        item_id, off = hit
         buf = received.setdefault(item_id, bytearray())
         if off != len(buf):
             problems.append(f"item {item_id}: chunk at offset {off} after {len(buf)} B (gap, duplicate or reorder)")

@@ -23,30 +23,35 @@ def expected_ulaw(generated: bytes, output_format: str) -> bytes:
     return ulaw_encode(rs.process(generated) + rs.flush())
 
 
+class ItemIndex:
+    """Locates a μ-law payload inside the expected audio of the call's items."""
+
+    def __init__(self, items: Mapping[str, bytes]) -> None:
+        self._index: dict[bytes, tuple[str, int]] = {}
+        for item_id, audio in items.items():
+            for off in range(0, max(0, len(audio) - WINDOW + 1)):
+                self._index.setdefault(audio[off:off + WINDOW], (item_id, off))
+
+    def locate(self, payload: bytes) -> tuple[str, int] | None:
+        """(item_id, offset of the payload's first byte) or None. Tries several windows because a
+        transcoded payload may differ by one code here and there from an independent transcode."""
+        for start in range(0, max(1, len(payload) - WINDOW + 1), WINDOW):
+            hit = self._index.get(bytes(payload[start:start + WINDOW]))
+            if hit is not None:
+                return hit[0], hit[1] - start
+        return None
+
+
 def heard_bytes_per_item(items: Mapping[str, bytes], heard: Iterable[tuple[bytes, int]]) -> dict[str, int]:
     """μ-law bytes of each item the caller heard: the furthest played byte of any payload in it.
 
-    ``items`` maps item_id → the μ-law bytes of that item as Twilio receives them;
-    ``heard`` yields (payload, bytes of it played). Payloads that match no item are ignored
-    (probe marks carry no audio). Transcoded payloads may differ by ±1 code from an independent
-    transcode, so matching tolerates that by trying each window position.
+    ``items`` maps item_id → the μ-law bytes of that item as Twilio receives them; ``heard``
+    yields (payload, bytes of it played). Payloads that match no item are ignored.
     """
-    index: dict[bytes, tuple[str, int]] = {}
-    for item_id, audio in items.items():
-        for off in range(0, max(0, len(audio) - WINDOW + 1)):
-            index.setdefault(audio[off:off + WINDOW], (item_id, off))
+    index = ItemIndex(items)
     out: dict[str, int] = {item_id: 0 for item_id in items}
     for payload, played in heard:
-        if played <= 0:
-            continue
-        hit = None
-        for start in range(0, max(1, len(payload) - WINDOW + 1), WINDOW):
-            hit = index.get(bytes(payload[start:start + WINDOW]))
-            if hit is not None:
-                item_id, off = hit
-                off -= start
-                break
-        if hit is None:
-            continue
-        out[item_id] = max(out[item_id], off + played)
+        hit = index.locate(payload) if played > 0 else None
+        if hit is not None:
+            out[hit[0]] = max(out[hit[0]], hit[1] + played)
     return out

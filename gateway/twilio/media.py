@@ -11,26 +11,9 @@ import logging
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from ..call import Call
+from ..ws import WSSender
 
 log = logging.getLogger("gateway.twilio")
-
-
-class TwilioSender:
-    """``call.Sender`` over a picows transport."""
-
-    __slots__ = ("_transport",)
-
-    def __init__(self, transport: WSTransport) -> None:
-        self._transport = transport
-
-    def send(self, data: bytes) -> None:
-        self._transport.send(WSMsgType.TEXT, data)
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        transport = self._transport
-        if not transport.is_close_frame_sent:
-            transport.send_close(WSCloseCode(code), reason.encode())
-        transport.disconnect()
 
 
 class TwilioMediaListener(WSListener):
@@ -44,7 +27,7 @@ class TwilioMediaListener(WSListener):
         self.call: Call | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self.call = self._make_call(TwilioSender(transport))
+        self.call = self._make_call(WSSender(transport))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         call = self.call

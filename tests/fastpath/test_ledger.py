@@ -410,7 +410,7 @@ GARBAGE = ["", ":", "0:", ":0", "0", "a:b", "0:0:0", "00:1", "0:01", "+0:1", "-1
 def test_unknown_names_are_ignored(impl, name):
     mod = load(impl, "ledger")
     ledger = mod.PlayoutLedger(default_latency_ms=40.0)
-    for i in range(3):
+    for _ in range(3):
         ledger.queue("item", 0, 800, 100.0, 0.0)
     ledger.on_mark("0:0", 0.180)
     before = (ledger.pending, ledger.busy, ledger.plan_interrupt(0.2), ledger.played_marks)
