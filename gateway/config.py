@@ -87,6 +87,11 @@ VARIABLES: tuple[Var, ...] = (
     Var("GATEWAY_INSECURE_DEV", "insecure_dev", False, _bool,
         "Allow running without TWILIO_AUTH_TOKEN (no signature or call-token checks). Never in production."),
     Var("GATEWAY_LOG_LEVEL", "log_level", "INFO", str, "DEBUG, INFO, WARNING, ERROR."),
+    Var("GATEWAY_WORKERS", "workers", 0, int, "Worker processes of `gateway serve` (0 = one per CPU core)."),
+    Var("GATEWAY_MAX_CALLS", "max_calls", 2000, int,
+        "Concurrent calls per worker; beyond it media sockets get 503 and the webhook a busy `<Reject>`."),
+    Var("GATEWAY_DRAIN_TIMEOUT_S", "drain_timeout_s", 600.0, float,
+        "On SIGTERM: how long active calls may continue before they are ended."),
 )
 
 
@@ -120,6 +125,9 @@ class Settings:
     control_token: str = dataclasses.field(default="", repr=False)
     insecure_dev: bool = False
     log_level: str = "INFO"
+    workers: int = 0
+    max_calls: int = 2000
+    drain_timeout_s: float = 600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -147,8 +155,10 @@ class Settings:
             raise ConfigError(f"GATEWAY_UNHEARD_ITEM_ACTION must be one of {UNHEARD_ACTIONS}")
         if not 1 <= self.coalesce_frames <= 50:
             raise ConfigError("GATEWAY_COALESCE_FRAMES must be within 1..50")
-        if not 0 < self.port < 65536 and self.port != 0:
+        if not 0 <= self.port < 65536:
             raise ConfigError("GATEWAY_PORT out of range")
+        if self.workers < 0 or self.max_calls < 1 or self.drain_timeout_s < 0:
+            raise ConfigError("GATEWAY_WORKERS >= 0, GATEWAY_MAX_CALLS >= 1, GATEWAY_DRAIN_TIMEOUT_S >= 0")
         if self.public_url:
             parts = urlsplit(self.public_url)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:

@@ -4,6 +4,7 @@ Routes:
   POST /twilio/voice                 TwiML that connects the call to our media socket
   POST /calls/{call_sid}/interrupt   control API (bearer GATEWAY_CONTROL_TOKEN)
   GET  /healthz                      the process is alive
+  GET  /readyz                       ready for new calls (503 while draining or at capacity)
 The media socket itself (/twilio/media) is served by picows on the same port (see ``server``).
 """
 from __future__ import annotations
@@ -100,10 +101,19 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+async def readyz(request: web.Request) -> web.Response:
+    gw: Gateway = request.app[GATEWAY_KEY]
+    reason = gw.admission_refusal()
+    if reason is None:
+        return web.Response(text="ready\n")
+    return web.Response(status=503, text=f"not ready: {reason}\n")
+
+
 def make_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[GATEWAY_KEY] = gateway
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_post("/calls/{call_sid}/interrupt", interrupt_call)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app

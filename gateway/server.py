@@ -115,10 +115,35 @@ class Gateway:
         return {c.call_sid: c for c in self.calls if c.call_sid}
 
     def admission_refusal(self) -> str | None:
-        """Reason to refuse a new call, or None to accept it."""
+        """Reason to refuse a new call (a metric label), or None to accept it."""
         if self.draining:
             return "draining"
+        if len(self.calls) >= self.settings.max_calls:
+            return "capacity"
         return None
+
+    @property
+    def ready(self) -> bool:
+        """Readiness for new calls: false while draining or at the admission limit."""
+        return self.admission_refusal() is None
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new calls, let active ones finish for up to ``timeout_s``, then end the rest.
+
+        Returns how many calls had to be ended. The port keeps answering (readiness false,
+        503 / busy TwiML) so load balancers and Twilio move on cleanly."""
+        self.draining = True
+        log.info("draining: %d active calls, up to %.0f s", len(self.calls), timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        remaining = len(self.calls)
+        for call in list(self.calls):
+            call.end("drain_timeout", "drain_timeout", close_code=1001)
+        if remaining:
+            log.warning("drain timeout: ended %d calls", remaining)
+        return remaining
 
     def count_rejected(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
