@@ -77,7 +77,7 @@ class CallStats:
     """Plain per-call counters, read by the runtime's metrics flush (never a metric object here)."""
 
     __slots__ = (
-        "frames_in", "appends_out", "deltas_in", "bytes_out", "deltas_dropped",
+        "frames_in", "appends_out", "deltas_in", "media_out", "bytes_out", "deltas_dropped",
         "marks_sent", "interrupts", "clears", "clear_latency_s", "truncations", "cancels",
         "upstream_errors", "twilio_protocol_errors", "upstream_connect_s", "pending_dropped_bytes",
     )
@@ -86,6 +86,7 @@ class CallStats:
         self.frames_in = 0  # Twilio media frames received (20 ms each)
         self.appends_out = 0
         self.deltas_in = 0
+        self.media_out = 0  # media messages sent to Twilio
         self.bytes_out = 0  # μ-law bytes of assistant audio sent to Twilio
         self.deltas_dropped = 0  # late deltas of interrupted responses, never played
         self.marks_sent = 0
@@ -374,7 +375,9 @@ class Call:
         mark = ledger.queue(item_id, content_index, len(audio), produced_ms, now)
         self._twilio.send(fp.encode_media(self.stream_sid, audio))  # type: ignore[arg-type]
         self._send_mark(mark)
-        self.stats.bytes_out += len(audio)
+        stats = self.stats
+        stats.media_out += 1
+        stats.bytes_out += len(audio)
 
     def _send_mark(self, name: str) -> None:
         self._twilio.send(fp.encode_mark(self.stream_sid, name))  # type: ignore[arg-type]

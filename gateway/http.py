@@ -5,6 +5,7 @@ Routes:
   POST /calls/{call_sid}/interrupt   control API (bearer GATEWAY_CONTROL_TOKEN)
   GET  /healthz                      the process is alive
   GET  /readyz                       ready for new calls (503 while draining or at capacity)
+  GET  /metrics                      Prometheus exposition (all workers in multiprocess mode)
 The media socket itself (/twilio/media) is served by picows on the same port (see ``server``).
 """
 from __future__ import annotations
@@ -101,6 +102,13 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+async def metrics(request: web.Request) -> web.Response:
+    gw: Gateway = request.app[GATEWAY_KEY]
+    gw.metrics.flush(gw.calls)  # scrape-fresh numbers for this worker's live calls
+    body, content_type = gw.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 async def readyz(request: web.Request) -> web.Response:
     gw: Gateway = request.app[GATEWAY_KEY]
     reason = gw.admission_refusal()
@@ -116,4 +124,5 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_post("/calls/{call_sid}/interrupt", interrupt_call)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app

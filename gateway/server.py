@@ -22,6 +22,7 @@ from picows.picows import WSAutoPingStrategy, WSProtocol
 from .call import Call
 from .config import Settings
 from .http import MEDIA_PATH, forwarded_base, make_app, media_url
+from .metrics import GatewayMetrics
 from .openai.upstream import UpstreamConnector
 from .twilio.media import TwilioMediaListener
 from .twilio.signature import validate_signature
@@ -32,7 +33,7 @@ MEDIA_PATHS = (MEDIA_PATH.encode(), MEDIA_PATH.encode() + b"/")
 SUBPROTOCOL = "audio.twilio.com"
 MAX_REQUEST_LINE = 8192
 FIRST_LINE_TIMEOUT_S = 10.0
-TICK_S = 0.25  # per-worker housekeeping period: latency probes of idle calls (≈0.3 µs per call)
+TICK_S = 0.25  # per-worker housekeeping: probes, timeouts, metrics flush (≈1 µs per call)
 
 
 class PortDispatcher(asyncio.Protocol):
@@ -100,6 +101,7 @@ class Gateway:
         self.draining = False
         self.tokens = TokenVerifier(settings.token_key) if settings.secure else None
         self.upstream = UpstreamConnector(settings)
+        self.metrics = GatewayMetrics()
         self._app = make_app(self)
         self._runner: web.AppRunner | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -108,6 +110,7 @@ class Gateway:
         # Called with each Call as it ends (metrics, the demo's summary); must not raise.
         self.call_end_hooks: list[Callable[[Call], None]] = []
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._tick_due = 0.0
 
     # ------------------------------------------------------------------ registry / admission
     @property
@@ -147,18 +150,21 @@ class Gateway:
 
     def count_rejected(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.metrics.rejected(reason)
 
     def _make_call(self, sender: Any) -> Call:
         loop = asyncio.get_running_loop()
         call = Call(self.settings, sender, loop.time, self.upstream.open, self.tokens, self._call_ended,
                     loop.call_later)
         self.calls.add(call)
+        self.metrics.call_started(call)
         return call
 
     def _call_ended(self, call: Call) -> None:
         self.calls.discard(call)
         outcome = call.outcome or "unknown"
         self.ended[outcome] = self.ended.get(outcome, 0) + 1
+        self.metrics.call_ended(call, asyncio.get_running_loop().time())
         for hook in self.call_end_hooks:
             hook(call)
 
@@ -221,19 +227,24 @@ class Gateway:
             server = await loop.create_server(lambda: PortDispatcher(self), sock=sock)
         self._servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
-        self._tick_handle = loop.call_later(TICK_S, self._tick)
+        self._tick_due = loop.time() + TICK_S
+        self._tick_handle = loop.call_at(self._tick_due, self._tick)
         log.info("listening on port %s", self.port)
         return self.port
 
     def _tick(self) -> None:
+        """Housekeeping: per-call probes/timeouts, metrics flush, event-loop lag."""
         loop = asyncio.get_running_loop()
         now = loop.time()
+        lag = now - self._tick_due
         for call in list(self.calls):  # tick may end a call (and remove it from the set)
             try:
                 call.tick(now)
             except Exception:  # one call's bug must not stop housekeeping for the others
                 log.exception("tick failed", extra=call._log_extra())
-        self._tick_handle = loop.call_later(TICK_S, self._tick)
+        self.metrics.flush(self.calls, lag)
+        self._tick_due = now + TICK_S
+        self._tick_handle = loop.call_at(self._tick_due, self._tick)
 
     async def stop(self) -> None:
         """Stop listening, end every call (closing both legs), release the HTTP side."""
