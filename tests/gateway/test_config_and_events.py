@@ -47,3 +47,11 @@ def test_schema_check_catches_a_typo():
     _, errors = validate_client_event({"type": "conversation.item.truncate", "item_id": "i",
                                        "content_index": 0, "audio_end_ms": 5, "audio_end": 5})
     assert errors
+
+
+def test_readme_documents_every_metric():
+    from gateway.metrics import METRICS
+
+    text = README.read_text()
+    for name, *_ in METRICS:
+        assert f"`{name}`" in text, name
