@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
+import os
 import sys
 
 import uvloop
@@ -16,31 +15,37 @@ from .logs import setup_logging
 log = logging.getLogger("gateway")
 
 
-async def _serve(settings: Settings, host: str | None, port: int | None) -> None:
-    from .server import Gateway
-
-    gateway = Gateway(settings)
-    await gateway.start(host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received: stopping")
-    await gateway.stop()
+def _workers_arg(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0 (0 = one per CPU core)")
+    return n
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Supervisor + N worker processes on one port (see ``gateway.runtime``); also for N = 1."""
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
-    log.info("starting", extra={})
+    workers = getattr(args, "workers", None)
+    workers = settings.workers if workers is None else workers
+    workers = workers or os.cpu_count() or 1
+    host = args.host if args.host is not None else settings.host
+    port = args.port if args.port is not None else settings.port
+    if not 0 <= port < 65536:
+        print(f"gateway: port {port} out of range", file=sys.stderr)
+        return 2
+    if port == 0 and workers > 1:
+        print(f"gateway: port 0 cannot be shared by {workers} workers (each would get its own random port); "
+              "pick a port or use --workers 1", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, worker="supervisor")
     log.info("settings %s", settings.public())
-    uvloop.run(_serve(settings, args.host, args.port))
-    return 0
+    from .runtime.supervisor import Supervisor
+
+    return Supervisor(workers, host, port, drain_timeout_s=settings.drain_timeout_s).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -51,8 +56,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The README's run command: serve with real keys, else the self-contained demo."""
-    import os
-
     if os.environ.get("OPENAI_API_KEY"):
         return cmd_serve(args)
     print("OPENAI_API_KEY is not set: running the self-contained demo (gateway + simulators).", flush=True)
@@ -66,10 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the gateway (configuration from environment variables)")
     serve.add_argument("--host", default=None, help="overrides GATEWAY_HOST")
     serve.add_argument("--port", type=int, default=None, help="overrides GATEWAY_PORT")
+    serve.add_argument("--workers", type=_workers_arg, default=None,
+                       help="worker processes (overrides GATEWAY_WORKERS; 0 = one per CPU core)")
     serve.set_defaults(func=cmd_serve)
     run = sub.add_parser("run", help="serve if OPENAI_API_KEY is set, else run the demo")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
+    run.add_argument("--workers", type=_workers_arg, default=None)
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="gateway + Twilio and OpenAI simulators on loopback, every barge-in phase")
     demo.add_argument("--audio-mode", choices=("passthrough", "pcm16"), default="passthrough")

@@ -34,6 +34,7 @@ SUBPROTOCOL = "audio.twilio.com"
 MAX_REQUEST_LINE = 8192
 FIRST_LINE_TIMEOUT_S = 10.0
 TICK_S = 0.25  # per-worker housekeeping: probes, timeouts (≈0.3 µs per call)
+BACKLOG = 2048  # a ramp of thousands of calls must not overflow the accept queue
 FLUSH_EVERY = 4  # metrics flush once a second: ≈2.3 µs per call-second, <0.5% of the CPU budget
 
 
@@ -224,9 +225,10 @@ class Gateway:
                 host=host if host is not None else self.settings.host,
                 port=port if port is not None else self.settings.port,
                 reuse_address=True,
+                backlog=BACKLOG,
             )
         else:
-            server = await loop.create_server(lambda: PortDispatcher(self), sock=sock)
+            server = await loop.create_server(lambda: PortDispatcher(self), sock=sock, backlog=BACKLOG)
         self._servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
         self._tick_due = loop.time() + TICK_S
