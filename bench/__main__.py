@@ -11,6 +11,8 @@ import sys
 
 SUBCOMMANDS = {
     "fastpath": "bench.fastpath",
+    "load": "bench.load",
+    "sweep": "bench.sweep",
 }
 
 
