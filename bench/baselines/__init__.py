@@ -1,0 +1,1 @@
+"""Baselines the load bench compares the gateway with (run as separate processes)."""

@@ -1,0 +1,74 @@
+"""Smoke test of ``python -m bench load``: a short real run (20 calls, ~4 s of steady state, one
+worker) through the real ``gateway serve`` and simulator processes. Asserts correctness outputs
+only (no audio lost or duplicated, no errors or violations, report files written) and that no
+process is left behind; never speed (the machine may be shared)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TAG = "BENCH_SMOKE_TAG"
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the bench reads /proc")
+
+
+def _tagged_processes(tag: str) -> list[int]:
+    """Processes whose environment carries ``TAG=tag`` (every process the bench started inherits it)."""
+    needle = f"{TAG}={tag}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_load_smoke(tmp_path):
+    out = tmp_path / "load"
+    tag = uuid.uuid4().hex
+    env = {**os.environ, TAG: tag}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "load", "--calls", "20", "--duration", "4", "--workers", "1",
+         "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=110, check=False)
+    elapsed = time.monotonic() - started
+    assert _tagged_processes(tag) == [], "the bench left processes behind"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert elapsed < 60, f"smoke run took {elapsed:.0f} s"
+
+    data = json.loads((out / "load.json").read_text())
+    for png in ("load_latency.png", "load_truncate_error.png", "load_timeline.png"):
+        assert (out / png).stat().st_size > 1000
+    assert data["environment"]["python"] and data["options"]["calls"] == 20
+    run = data["runs"]["gateway"]
+    assert run["calls"] == 20 and run["calls_judged"] == 20
+    c = run["correctness"]
+    assert c["calls_with_problems"] == 0, c["examples"]
+    assert c["outcomes"] == {"completed": 20}
+    assert c["inbound_lost_calls_over_tolerance"] == 0
+    assert c["outbound_gaps"] == c["outbound_duplicates"] == c["outbound_unmatched"] == 0
+    assert c["late_audio_played_ms"] == 0 and c["underruns"] == 0
+    assert c["twilio_violations"] == c["upstream_violations"] == 0 and c["upstream_errors"] == {}
+    assert c["upstream_rejected_upgrades"] == 0
+    metrics = run["gateway_metrics"]
+    assert metrics["upstream_errors"] == {} and metrics["protocol_errors"] == {}
+    # the figures exist (their values are not judged here)
+    assert run["cpu"]["per_call_second_ms"] > 0
+    assert run["latency_ms"]["inbound"]["n"] > 0 and run["latency_ms"]["outbound"]["n"] > 0
+    assert run["conversation"]["turns"] > 0
+    assert "CPU per call-second" in proc.stdout
