@@ -1,20 +1,15 @@
-"""Shared fixtures: run every fast-path test against both implementations."""
+"""Shared fixtures: both fast-path implementations, and the async runner of every socket test.
+
+(Helpers importable by test modules live in ``tests/fastpath/impls.py``: a plain ``from conftest
+import ...`` would pick whichever of several conftest modules was imported last.)
+"""
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
 
-NO_EXTENSIONS = os.environ.get("GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
 IMPLS = ["compiled", "pure"]
-
-
-def load(impl: str, module: str):
-    """Return ``_fastpath._<impl>.<module>`` (skips the compiled one when extensions are off)."""
-    if impl == "compiled" and NO_EXTENSIONS:
-        pytest.skip("GATEWAY_NO_EXTENSIONS=1: compiled implementation disabled for this run")
-    return importlib.import_module(f"_fastpath._{impl}.{module}")
 
 
 @pytest.fixture(params=IMPLS)

@@ -3,11 +3,13 @@ sane. Speed is not asserted (the figures of a --quick run on a shared machine me
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
-from conftest import NO_EXTENSIONS
 
 from bench.__main__ import main
+
+NO_EXTENSIONS = os.environ.get("GATEWAY_NO_EXTENSIONS", "") not in ("", "0")
 
 # The public functions of the _fastpath API (methods for the two classes).
 FUNCTIONS = {

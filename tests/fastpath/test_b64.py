@@ -8,7 +8,7 @@ import base64
 import binascii
 
 import pytest
-from conftest import load
+from impls import load
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import orjson
 import pytest
-from conftest import load
+from impls import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import load
+from impls import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

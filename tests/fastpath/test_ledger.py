@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import load
+from impls import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import load
+from impls import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import signal

@@ -8,7 +8,7 @@ import sys
 
 import _fastpath
 import _fastpath._pure as pure
-from conftest import NO_EXTENSIONS
+from impls import NO_EXTENSIONS
 
 
 def test_compiled_loaded_when_extensions_enabled():
