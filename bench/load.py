@@ -24,6 +24,8 @@ come from the simulators' records only (the rules of gateway.sim.harness.Stack.j
 
 Output: progress while running, a table at the end (with the targets and by how much a missed one
 is missed), DIR/load.json (every figure, the options and the environment) and PNG plots.
+--profile: py-spy samples every gateway worker during the gateway run's window (bench/profile.py):
+DIR/profile-worker-<pid>.txt and, in the report and load.json, where the busy time goes.
 Exit status 1 if the gateway under test lost, duplicated or altered audio or provoked any error.
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from . import procstat
+from .profile import DEFAULT_RATE_HZ as DEFAULT_PROFILE_RATE_HZ
 from .report import REPO, environment, render_table, write_json
 
 RESULTS = REPO / "bench" / "results"
@@ -130,6 +133,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of steady state with all calls up (default 20); each call lasts from "
                              "its start through the end of this window")
     add_common_arguments(parser)
+    parser.add_argument("--profile", action="store_true",
+                        help="sample every gateway worker with py-spy (--native --idle) during the gateway run's "
+                             "measurement window: DIR/profile-worker-<pid>.txt (collapsed stacks) and a breakdown "
+                             "of where the busy time goes (idle, send, receive, TLS, fast path, ...)")
+    parser.add_argument("--profile-rate", type=_positive_int, default=DEFAULT_PROFILE_RATE_HZ,
+                        help=f"py-spy samples per second with --profile (default {DEFAULT_PROFILE_RATE_HZ})")
     parser.add_argument("--out", type=Path, default=RESULTS / "load", help="output directory (bench/results/load)")
 
 
@@ -446,13 +455,17 @@ class Settings:
     seed: int = 1
     log_level: str = "INFO"
     keep_work: bool = False
+    profile_dir: str | None = None  # --profile: py-spy the gateway's workers in the window, files here
+    profile_rate: int = DEFAULT_PROFILE_RATE_HZ
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, calls: int, duration: float) -> Settings:
         return cls(calls=calls, duration=duration, workers=args.workers, mode=args.mode, coalesce=args.coalesce,
                    latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, tls=args.tls,
                    barge_in_share=args.barge_in_share, ramp_rate=args.ramp_rate, settle=args.settle,
-                   generators=args.generators, seed=args.seed, log_level=args.log_level, keep_work=args.keep_work)
+                   generators=args.generators, seed=args.seed, log_level=args.log_level, keep_work=args.keep_work,
+                   profile_dir=str(args.out) if getattr(args, "profile", False) else None,
+                   profile_rate=getattr(args, "profile_rate", DEFAULT_PROFILE_RATE_HZ))
 
     def n_generators(self) -> int:
         if self.generators > 0:
@@ -597,6 +610,12 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child],
     async def at(offset: float) -> None:
         await asyncio.sleep(max(0.0, t0 + offset - time.monotonic()))
 
+    profiler = None
+    if st.profile_dir is not None and target == "gateway":
+        from .profile import Profiler
+
+        profiler = Profiler(Path(st.profile_dir), st.profile_rate, max_s=st.duration + 60)
+
     async def edges() -> None:
         await at(tl.idle_sample)
         marks["idle"] = sample(time.monotonic() - t0)
@@ -610,8 +629,12 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child],
         marks["machine0"], marks["sims0"], marks["t0"] = procstat.machine_cpu(), sims_cpu(), time.monotonic()
         sched_pids = [sut.proc.pid, *pids]
         marks["sched0"] = procstat.schedstat(sched_pids), procstat.schedstat(sim_pids)
+        if profiler is not None:
+            await profiler.start(sut.proc.pid)
         await at(tl.window_end)
         marks["cpu1"] = procstat.tree_sample(sut.proc.pid, pids)
+        if profiler is not None:
+            profiler.interrupt()
         marks["machine1"], marks["sims1"], marks["t1"] = procstat.machine_cpu(), sims_cpu(), time.monotonic()
         marks["sched1"] = procstat.schedstat(sched_pids), procstat.schedstat(sim_pids)
         marks["metrics1"] = await scrape(port) if target != "naive" else None
@@ -650,6 +673,7 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child],
         edge_task.cancel()
         for w in done_waits:
             w.cancel()
+        profile = await profiler.finish() if profiler is not None else None
     metrics_final = await scrape(port) if target != "naive" else None
 
     # ---- stop the system under test, then collect the simulators' records
@@ -728,6 +752,8 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child],
     }
     if target != "naive":
         summary["gateway_metrics"] = _metrics_summary(marks.get("metrics0"), marks.get("metrics1"), metrics_final)
+    if profile is not None:
+        summary["profile"] = profile
     return RunOutput(summary, raw, samples)
 
 
@@ -958,6 +984,11 @@ def render_report(st: Settings, runs: dict[str, dict], targets: list[dict], rat:
             value = _fmt(t["value"], 3) if t["value"] is not None else "-"
             cmp = "≥" if t.get("higher_is_better") else "≤"
             lines.append(f"  {t['name']:<46} {value:>10}  target {cmp} {_fmt(float(t['target']), 3):<8} {verdict}")
+    profile = runs.get("gateway", {}).get("profile")
+    if profile is not None:
+        from .profile import render as render_profile
+
+        lines += ["", render_profile(profile)]
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """Smoke test of ``python -m bench load``: a short real run (20 calls, ~4 s of steady state, one
-worker) through the real ``gateway serve`` and simulator processes. Asserts correctness outputs
-only (no audio lost or duplicated, no errors or violations, report files written) and that no
-process is left behind; never speed (the machine may be shared)."""
+worker, ``--profile``) through the real ``gateway serve`` and simulator processes. Asserts
+correctness outputs only (no audio lost or duplicated, no errors or violations, report files
+written, a profile section: py-spy's breakdown, or why it was unavailable) and that no process is
+left behind; never speed (the machine may be shared)."""
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def test_load_smoke(tmp_path):
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "load", "--calls", "20", "--duration", "4", "--workers", "1",
-         "--out", str(out)],
+         "--profile", "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=110, check=False)
     elapsed = time.monotonic() - started
     assert _tagged_processes(tag) == [], "the bench left processes behind"
@@ -72,3 +73,13 @@ def test_load_smoke(tmp_path):
     assert run["latency_ms"]["inbound"]["n"] > 0 and run["latency_ms"]["outbound"]["n"] > 0
     assert run["conversation"]["turns"] > 0
     assert "CPU per call-second" in proc.stdout
+    # --profile: py-spy's breakdown of the window, or the reason it could not run (no ptrace, ...)
+    prof = run["profile"]
+    if prof["available"]:
+        assert prof["samples"] > 0 and len(prof["workers"]) == 1
+        assert 0 <= prof["idle_share"] <= 1
+        assert abs(sum(c["share_of_busy"] for c in prof["categories"]) - 1) < 1e-9 or prof["busy_samples"] == 0
+        assert (out / f"profile-worker-{prof['workers'][0]['pid']}.txt").stat().st_size > 0
+        assert "profile of the gateway worker" in proc.stdout
+    else:
+        assert f"profile: unavailable ({prof['reason']})" in proc.stdout
