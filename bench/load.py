@@ -700,6 +700,7 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child],
     cpu0, cpu1 = marks.get("cpu0"), marks.get("cpu1")
     window_s = marks["t1"] - marks["t0"]
     cpu_s = (cpu1.cpu_s - cpu0.cpu_s) if cpu0 and cpu1 else None
+    sys_s = (cpu1.sys_s - cpu0.sys_s) if cpu0 and cpu1 else None
     per_call_s = cpu_s / (st.calls * window_s) if cpu_s is not None else None
     busy0, total0 = marks["machine0"]
     busy1, total1 = marks["machine1"]
@@ -733,6 +734,9 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child],
                        "window_end_at": round(tl.window_end, 3), "hangup_at": round(tl.hangup, 3)},
         "cpu": {
             "window_cpu_s": cpu_s,
+            # Share spent in the kernel (system calls: socket sends/reads, epoll). On loopback a send
+            # also runs the receiving side's TCP processing, so this is higher than over a NIC.
+            "kernel_share": sys_s / cpu_s if cpu_s else None,
             "per_call_second_ms": per_call_s * 1000 if per_call_s is not None else None,
             "calls_per_core": 1 / per_call_s if per_call_s else None,
             "idle_cpu_share": idle_cpu_rate,  # cores used with no call at all (timers, supervisor)
@@ -908,6 +912,8 @@ def render_report(st: Settings, runs: dict[str, dict], targets: list[dict], rat:
         row("  net of idle CPU (ms per call-s)", lambda r: r["cpu"]["per_call_second_ms_net_of_idle"], 3),
         row("  idle CPU (% of a core)", lambda r: r["cpu"]["idle_cpu_share"] * 100, 1),
         row("CPU in window (s)", lambda r: r["cpu"]["window_cpu_s"]),
+        row("  of which in the kernel (%)", lambda r: r["cpu"]["kernel_share"] * 100
+            if r["cpu"].get("kernel_share") is not None else None, 0),
         row("RSS idle -> peak (MiB)", lambda r: f"{r['memory']['idle_rss_mib']:.1f} -> {r['memory']['peak_rss_mib']:.1f}"),
         row("memory per call (KiB)", lambda r: r["memory"]["per_call_kib"], 1),
         row("inbound latency p50/p99/max (ms)", lambda r: "/".join(_fmt(r["latency_ms"]["inbound"][q], 2)

@@ -20,6 +20,7 @@ class ProcStat:
     cpu_s: float  # utime + stime
     child_cpu_s: float  # cutime + cstime (reaped children)
     rss: int  # bytes
+    sys_s: float = 0.0  # stime + cstime: the kernel's share of cpu_s + child_cpu_s
 
 
 @dataclass
@@ -28,6 +29,7 @@ class TreeSample:
     rss: int  # whole tree
     rss_workers: int  # the descendants only (the root alone when it has none)
     pids: list[int] = field(default_factory=list)
+    sys_s: float = 0.0  # the kernel's part of cpu_s (system calls: socket I/O, epoll)
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -39,7 +41,8 @@ def read_stat(pid: int) -> ProcStat | None:
     rest = data[data.rindex(b")") + 2:].split()  # comm may contain spaces and parentheses
     # rest[0] is field 3 (state): field n is rest[n - 3]
     return ProcStat(pid, int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK_TCK,
-                    (int(rest[13]) + int(rest[14])) / CLK_TCK, int(rest[21]) * PAGE)
+                    (int(rest[13]) + int(rest[14])) / CLK_TCK, int(rest[21]) * PAGE,
+                    (int(rest[12]) + int(rest[14])) / CLK_TCK)
 
 
 def descendants(root: int) -> list[int]:
@@ -70,7 +73,7 @@ def tree_sample(root: int, pids: list[int] | None = None) -> TreeSample | None:
         return None
     if pids is None:
         pids = descendants(root)
-    cpu, rss_workers = top.cpu_s + top.child_cpu_s, 0
+    cpu, sys_s, rss_workers = top.cpu_s + top.child_cpu_s, top.sys_s, 0
     live = []
     for pid in pids:
         st = read_stat(pid)
@@ -78,8 +81,9 @@ def tree_sample(root: int, pids: list[int] | None = None) -> TreeSample | None:
             continue
         live.append(pid)
         cpu += st.cpu_s + st.child_cpu_s
+        sys_s += st.sys_s
         rss_workers += st.rss
-    return TreeSample(cpu, top.rss + rss_workers, rss_workers if live else top.rss, live)
+    return TreeSample(cpu, top.rss + rss_workers, rss_workers if live else top.rss, live, sys_s)
 
 
 def schedstat(pids: list[int]) -> tuple[float, float, int]:

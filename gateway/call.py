@@ -53,9 +53,12 @@ FATAL_UPSTREAM_ERRORS = frozenset({"session_expired", "beta_api_shape_disabled"}
 
 
 class Sender(Protocol):
-    """What a transport offers the call: send one text message, close the socket."""
+    """What a transport offers the call: send text messages, close the socket."""
 
     def send(self, data: bytes) -> None: ...
+
+    def send_many(self, *messages: bytes) -> None:
+        """Send several messages, in one socket write where the transport can."""
 
     def close(self, code: int = 1000, reason: str = "") -> None: ...
 
@@ -373,9 +376,10 @@ class Call:
             if probe is not None:
                 self._send_mark(probe)
         mark = ledger.queue(item_id, content_index, len(audio), produced_ms, now)
-        self._twilio.send(fp.encode_media(self.stream_sid, audio))  # type: ignore[arg-type]
-        self._send_mark(mark)
+        sid: str = self.stream_sid  # type: ignore[assignment]
+        self._twilio.send_many(fp.encode_media(sid, audio), fp.encode_mark(sid, mark))
         stats = self.stats
+        stats.marks_sent += 1
         stats.media_out += 1
         stats.bytes_out += len(audio)
 

@@ -38,6 +38,12 @@ BACKLOG = 2048  # a ramp of thousands of calls must not overflow the accept queu
 FLUSH_EVERY = 4  # metrics flush once a second: ≈2.3 µs per call-second, <0.5% of the CPU budget
 
 
+# picows grows a read buffer when a read fills 90 % of it and never shrinks it. Twilio's messages
+# are ~0.4 KiB (media) to ~1-2 KiB (start with parameters): 2 KiB (picows's minimum) instead of the
+# default 16 KiB saves 14 KiB of resident memory per call.
+TWILIO_READ_BUFFER = 2 * 1024
+
+
 class PortDispatcher(asyncio.Protocol):
     """Hands each new connection to picows or aiohttp after reading its request line."""
 
@@ -186,7 +192,7 @@ class Gateway:
             True,  # auto pong
             self.settings.max_frame_bytes,
             None,
-            16 * 1024,
+            TWILIO_READ_BUFFER,
         )
 
     def _media_listener(self, request: WSUpgradeRequest) -> Any:

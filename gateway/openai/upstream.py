@@ -17,6 +17,14 @@ from ..ws import WSSender
 
 log = logging.getLogger("gateway.upstream")
 MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024  # input appends may be 15 MiB; server events are far smaller
+# Memory per call (picows grows these on demand, never shrinks them). Server events are mostly
+# audio deltas of 1-7 KiB; 4 KiB instead of picows's 16 KiB default saves 12 KiB per call.
+READ_BUFFER = 4 * 1024
+# aiofastnet (picows's TLS transport) gives each connection two static BIOs of 16 TLS records
+# (2 x 257 KiB of address space, first pages resident). One record each is enough for a stream of
+# small messages (a larger write is simply sent in several record-sized pieces); 16 KiB + 64 is
+# aiofastnet's minimum plus one record's overhead.
+TLS_BIO_BYTES = 16 * 1024 + 64
 
 
 class UpstreamListener(WSListener):
@@ -72,6 +80,9 @@ class UpstreamConnector:
             if settings.upstream_ca_file:
                 ctx.load_verify_locations(settings.upstream_ca_file)
             self._ssl = ctx
+        self._tls_buffers = (
+            {"ssl_incoming_bio_size": TLS_BIO_BYTES, "ssl_outgoing_bio_size": TLS_BIO_BYTES} if self._ssl else {}
+        )
         self._tasks: set[asyncio.Task] = set()
 
     def open(self, call: Call) -> asyncio.Task:
@@ -96,6 +107,8 @@ class UpstreamConnector:
                     enable_auto_ping=False,
                     max_redirects=0,  # never replay the API key to another host
                     logger_name="upstream",
+                    read_buffer_init_size=READ_BUFFER,
+                    **self._tls_buffers,
                 ),
                 self._settings.upstream_connect_timeout_s,
             )

@@ -11,7 +11,7 @@ import logging
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from ..call import Call
-from ..ws import WSSender
+from ..ws import ServerWSSender
 
 log = logging.getLogger("gateway.twilio")
 
@@ -27,7 +27,7 @@ class TwilioMediaListener(WSListener):
         self.call: Call | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
-        self.call = self._make_call(WSSender(transport))
+        self.call = self._make_call(ServerWSSender(transport))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         call = self.call

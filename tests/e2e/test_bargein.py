@@ -154,3 +154,18 @@ def test_barge_in_when_generation_is_slower_than_playback(run):
             assert len(report.truncates) == 1
             assert abs(report.truncates[0].error_ms) <= TOLERANCE_MS
     run(scenario())
+
+
+
+def test_large_deltas_over_tls(run):
+    """A 7 s delta: in pcm16 a 448 KB event that spans dozens of TLS records and outgrows every
+    initial buffer (picows read buffers, aiofastnet's one-record BIOs), and a 75 KB media message
+    to Twilio (the 8-byte WebSocket length form of the gateway's own framing). All audio still
+    arrives byte for byte, and the barge-in in the middle of it is still exact."""
+    async def scenario():
+        async with stack("pcm16", response_ms=(8000,), chunk_ms=7000) as st:
+            assert st.config.tls
+            record, report = await st.call(CallScript(duration_ms=9000, turns=(Turn(after_heard_ms=7300, speech_ms=400),)))
+            assert_correct(report, record, clears=1, truncates=1, cancels=0)
+            assert report.heard_ms >= 7000
+    run(scenario())
