@@ -134,7 +134,7 @@ def sweep_plots(steps: list[dict], out_dir: Path, cpu_target_ms: float) -> list[
     axes[0].set_xlabel("concurrent calls")
     axes[0].set_ylabel("CPU ms per call-second")
     axes[0].set_ylim(bottom=0)
-    axes[0].set_title("CPU per call-second (x: step failed its service level; \"machine limit\": "
+    axes[0].set_title("CPU per call-second\n(x: step failed its service level; \"machine limit\": "
                       "simulators behind or CPUs ≥ 80% busy)", fontsize=9)
     axes[0].legend(fontsize=8)
     axes[0].grid(True, alpha=0.3)
