@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from . import procstat
+from . import procstat, yardstick
 from .profile import DEFAULT_RATE_HZ as DEFAULT_PROFILE_RATE_HZ
 from .report import REPO, environment, render_table, write_json
 
@@ -1019,6 +1019,15 @@ def json_run(out: RunOutput) -> dict:
     }
 
 
+def render_yardstick(yard: dict) -> str:
+    """One line: the host's cost of a cross-process message around the run (see bench/yardstick.py)."""
+    def cell(y: dict | None) -> str:
+        return f"{y['cpu_us_per_round_trip']:.1f} µs CPU ({y['wall_us_per_round_trip']:.0f} µs wall)" if y else "n/a"
+    return (f"\nhost yardstick, loopback TCP ping-pong between two processes, per round trip: "
+            f"{cell(yard['before'])} before, {cell(yard['after'])} after"
+            f"\n  (compare CPU per call-second between runs only when these agree)")
+
+
 # ==================================================================================== entry point
 def run(args: argparse.Namespace) -> int:
     st = Settings.from_args(args, args.calls, args.duration)
@@ -1033,17 +1042,21 @@ async def main(st: Settings, baselines: list[str], out_dir: Path, plots: bool, o
           f"{' + TLS' if st.tls else ''}, coalesce {st.coalesce}, Twilio latency {st.latency_ms:g} ± "
           f"{st.jitter_ms:g} ms, barge-in share {st.barge_in_share:g}, {st.n_generators()} load generator(s), "
           f"targets: gateway{''.join(', ' + b for b in baselines)}", flush=True)
+    yard_before = yardstick.measure()
     outputs: dict[str, RunOutput] = {}
     for target in ["gateway", *[b for b in baselines if b != "gateway"]]:
         outputs[target] = await run_target(st, target, progress)
+    yard = {"before": yard_before, "after": yardstick.measure()}
     runs = {name: json_run(o) for name, o in outputs.items()}
     targets = evaluate_targets(st, runs)
     rat = ratios(runs)
     print()
     print(render_report(st, runs, targets, rat))
+    print(render_yardstick(yard))
     data = {"bench": "load", "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
                                          if k not in ("run",)},
-            "environment": environment(), "settings": st.__dict__, "runs": runs, "ratios": rat, "targets": targets}
+            "environment": {**environment(), "host_yardstick": yard},
+            "settings": st.__dict__, "runs": runs, "ratios": rat, "targets": targets}
     out_dir.mkdir(parents=True, exist_ok=True)
     if plots:
         from .plots import load_plots

@@ -56,6 +56,11 @@ def test_load_smoke(tmp_path):
     for png in ("load_latency.png", "load_truncate_error.png", "load_timeline.png"):
         assert (out / png).stat().st_size > 1000
     assert data["environment"]["python"] and data["options"]["calls"] == 20
+    for when in ("before", "after"):  # the host yardstick around the run (bench/yardstick.py)
+        yard = data["environment"]["host_yardstick"][when]
+        assert yard["cpu_us_per_round_trip"] > 0 and yard["wall_us_per_round_trip"] > 0
+    assert "host yardstick" in proc.stdout
+    assert 0 < data["runs"]["gateway"]["cpu"]["kernel_share"] < 1
     run = data["runs"]["gateway"]
     assert run["calls"] == 20 and run["calls_judged"] == 20
     c = run["correctness"]
