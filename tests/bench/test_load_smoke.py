@@ -88,3 +88,23 @@ def test_load_smoke(tmp_path):
         assert "profile of the gateway worker" in proc.stdout
     else:
         assert f"profile: unavailable ({prof['reason']})" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_sweep_smoke(tmp_path):
+    """One tiny step of `python -m bench sweep`: verdict, table, JSON, plot, host yardstick."""
+    out = tmp_path / "sweep"
+    tag = uuid.uuid4().hex
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "sweep", "--start", "10", "--step", "10", "--max", "10",
+         "--duration", "3", "--out", str(out)],
+        cwd=REPO, env={**os.environ, TAG: tag}, capture_output=True, text=True, timeout=110, check=False)
+    assert _tagged_processes(tag) == [], "the sweep left processes behind"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads((out / "sweep.json").read_text())
+    [step] = data["steps"]
+    assert step["calls"] == 10 and step["passed"], step["reasons"]
+    assert data["highest_passing_calls"] == 10
+    assert step["cpu_per_call_second_ms"] > 0 and step["host_yardstick_cpu_us"] > 0
+    assert (out / "sweep.png").stat().st_size > 1000
+    assert "highest passing: 10 concurrent calls" in proc.stdout
