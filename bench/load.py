@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from . import procstat, yardstick
+from . import procstat
 from .profile import DEFAULT_RATE_HZ as DEFAULT_PROFILE_RATE_HZ
 from .report import REPO, environment, render_table, write_json
 
@@ -744,6 +744,11 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child],
                                                if cpu_s is not None and idle_cpu_rate is not None else None),
             "processes": len(cpu1.pids) + 1 if cpu1 else None,
             "simulators_cpu_s": marks["sims1"] - marks["sims0"],
+            # The simulators' CPU under the same load is this run's yardstick of the host's speed:
+            # on the shared bench VM absolute figures drifted by 35 % within an hour while this ratio
+            # stayed within ±3 % (for the same options: TLS, mode and coalescing change the sims' work).
+            "vs_simulators": (cpu_s / (marks["sims1"] - marks["sims0"])
+                              if cpu_s is not None and marks["sims1"] > marks["sims0"] else None),
             "machine_busy_share": (busy1 - busy0) / (total1 - total0) if total1 > total0 else None,
             "cpus": os.cpu_count(),
             "contention": {"system_under_test": sut_contention, "simulators": sims_contention},
@@ -912,6 +917,7 @@ def render_report(st: Settings, runs: dict[str, dict], targets: list[dict], rat:
         row("  net of idle CPU (ms per call-s)", lambda r: r["cpu"]["per_call_second_ms_net_of_idle"], 3),
         row("  idle CPU (% of a core)", lambda r: r["cpu"]["idle_cpu_share"] * 100, 1),
         row("CPU in window (s)", lambda r: r["cpu"]["window_cpu_s"]),
+        row("  relative to the simulators' CPU", lambda r: r["cpu"]["vs_simulators"], 3),
         row("  of which in the kernel (%)", lambda r: r["cpu"]["kernel_share"] * 100
             if r["cpu"].get("kernel_share") is not None else None, 0),
         row("RSS idle -> peak (MiB)", lambda r: f"{r['memory']['idle_rss_mib']:.1f} -> {r['memory']['peak_rss_mib']:.1f}"),
@@ -1019,15 +1025,6 @@ def json_run(out: RunOutput) -> dict:
     }
 
 
-def render_yardstick(yard: dict) -> str:
-    """One line: the host's cost of a cross-process message around the run (see bench/yardstick.py)."""
-    def cell(y: dict | None) -> str:
-        return f"{y['cpu_us_per_round_trip']:.1f} µs CPU ({y['wall_us_per_round_trip']:.0f} µs wall)" if y else "n/a"
-    return (f"\nhost yardstick, loopback TCP ping-pong between two processes, per round trip: "
-            f"{cell(yard['before'])} before, {cell(yard['after'])} after"
-            f"\n  (compare CPU per call-second between runs only when these agree)")
-
-
 # ==================================================================================== entry point
 def run(args: argparse.Namespace) -> int:
     st = Settings.from_args(args, args.calls, args.duration)
@@ -1042,20 +1039,17 @@ async def main(st: Settings, baselines: list[str], out_dir: Path, plots: bool, o
           f"{' + TLS' if st.tls else ''}, coalesce {st.coalesce}, Twilio latency {st.latency_ms:g} ± "
           f"{st.jitter_ms:g} ms, barge-in share {st.barge_in_share:g}, {st.n_generators()} load generator(s), "
           f"targets: gateway{''.join(', ' + b for b in baselines)}", flush=True)
-    yard_before = yardstick.measure()
     outputs: dict[str, RunOutput] = {}
     for target in ["gateway", *[b for b in baselines if b != "gateway"]]:
         outputs[target] = await run_target(st, target, progress)
-    yard = {"before": yard_before, "after": yardstick.measure()}
     runs = {name: json_run(o) for name, o in outputs.items()}
     targets = evaluate_targets(st, runs)
     rat = ratios(runs)
     print()
     print(render_report(st, runs, targets, rat))
-    print(render_yardstick(yard))
     data = {"bench": "load", "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
                                          if k not in ("run",)},
-            "environment": {**environment(), "host_yardstick": yard},
+            "environment": environment(),
             "settings": st.__dict__, "runs": runs, "ratios": rat, "targets": targets}
     out_dir.mkdir(parents=True, exist_ok=True)
     if plots:

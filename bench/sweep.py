@@ -18,7 +18,6 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from . import yardstick
 from .load import (
     RESULTS,
     Settings,
@@ -83,6 +82,7 @@ def step_row(run: dict, passed: bool, reasons: list[str]) -> dict:
         "generator_max_lag_ms": max(run["generators"]["window_frame_lag_ms"]["max"] or 0.0,
                                     run["openai_sim"]["window_delta_lag_ms"]["max"] or 0.0),
         "machine_busy_share": run["cpu"]["machine_busy_share"],
+        "cpu_vs_simulators": run["cpu"]["vs_simulators"],
     }
 
 
@@ -103,13 +103,11 @@ async def main(args: argparse.Namespace) -> int:
     stopped = "reached --max"
     for n in counts:
         st = Settings.from_args(args, n, args.duration)
-        yard = yardstick.measure()  # the host's cost of a message right before this step
         out = await run_target(st, "gateway", progress)
         r = json_run(out)
         runs.append(r)
         passed, reasons = verdict(r, args.slo_p99_ms)
         row = step_row(r, passed, reasons)
-        row["host_yardstick_cpu_us"] = yard["cpu_us_per_round_trip"] if yard else None
         steps.append(row)
         print(f"  {n} calls: {'PASS' if passed else 'FAIL'}  CPU {_fmt(row['cpu_per_call_second_ms'], 3)} ms/call-s  "
               f"p99 in/out {_fmt(row['p99_inbound_ms'])}/{_fmt(row['p99_outbound_ms'])} ms"
@@ -131,12 +129,12 @@ async def main(args: argparse.Namespace) -> int:
         best = n
     table = render_table(
         ["calls", "CPU ms/call-s", "calls/core", "p99 in ms", "p99 out ms", "interrupt p99", "trunc p99",
-         "KiB/call", "sim lag ms", "machine", "yardstick µs", "verdict"],
+         "KiB/call", "sim lag ms", "machine", "vs sims", "verdict"],
         [[str(s["calls"]), _fmt(s["cpu_per_call_second_ms"], 3), _fmt(s["calls_per_core"], 0),
           _fmt(s["p99_inbound_ms"]), _fmt(s["p99_outbound_ms"]), _fmt(s["interrupt_p99_ms"]),
           _fmt(s["truncate_error_p99_ms"], 1), _fmt(s["memory_per_call_kib"], 1), _fmt(s["generator_max_lag_ms"], 0),
           f"{s['machine_busy_share']:.0%}" if s["machine_busy_share"] is not None else "-",
-          _fmt(s["host_yardstick_cpu_us"], 1),
+          _fmt(s["cpu_vs_simulators"], 3),
           ("PASS" if s["passed"] else "FAIL") + (" (sim lag)" if s["generator_fell_behind"] else "")
           + (" (saturated)" if s["machine_saturated"] else "")]
          for s in steps])
