@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -38,7 +38,8 @@ class Var:
 
 
 VARIABLES: tuple[Var, ...] = (
-    Var("GATEWAY_HOST", "host", "0.0.0.0", str, "Listening address of the one public port."),
+    Var("GATEWAY_HOST", "host", "0.0.0.0", str,  # noqa: S104 - a server in a container listens on all interfaces
+        "Listening address of the one public port."),
     Var("GATEWAY_PORT", "port", 8080, int, "The one public port: webhook, media socket, control API, health."),
     Var("GATEWAY_PUBLIC_URL", "public_url", "", str,
         "Public base URL Twilio uses (e.g. `https://gw.example.com`); builds the `<Stream>` URL and the "
@@ -97,7 +98,7 @@ VARIABLES: tuple[Var, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # noqa: S104 - see VARIABLES
     port: int = 8080
     public_url: str = ""
     upstream_url: str = "wss://api.openai.com/v1/realtime?model=gpt-realtime"

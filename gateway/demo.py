@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from .sim.harness import CallReport, Stack, StackConfig
+from .sim.harness import CallReport, Stack, StackConfig, TruncateCheck
 from .sim.openai_sim import OpenAISimConfig
 from .sim.twilio_record import CallRecord
 from .sim.twilio_script import CallScript, Turn
@@ -125,7 +125,7 @@ def _check(outcome: Outcome) -> None:
 async def _run_stack(two_items: bool, audio_mode: str, log: Callable[[str], None]) -> list[Outcome]:
     openai = OpenAISimConfig(response_ms=(1500, 3000) if two_items else (6000,), pace=5.0, first_audio_ms=400)
     if two_items:
-        openai.items_per_response = 2  # type: ignore[attr-defined]
+        openai.items_per_response = 2
     config = StackConfig(audio_mode=audio_mode, openai=openai,
                          settings={"greeting": "Greet the caller and explain the service."})
     outcomes: list[Outcome] = []
@@ -152,11 +152,12 @@ async def _run_stack(two_items: bool, audio_mode: str, log: Callable[[str], None
 
 
 def _summary(outcomes: list[Outcome]) -> str:
-    lines = ["", f"{'scenario':46} {'clear':>5} {'cancel':>6} {'truncate ms':>12} {'heard ms':>9} "
-             f"{'error':>7} {'stop ms':>8} {'gw µs':>6}  verdict", "-" * 118]
+    header = (f"{'scenario':46} {'clear':>5} {'cancel':>6} {'truncate ms':>12} {'heard ms':>9} "
+              f"{'error':>7} {'stop ms':>8} {'gw µs':>6}  verdict")
+    lines = ["", header, "-" * 118]
     for o in outcomes:
         r = o.report
-        truncs = r.truncates or [None]
+        truncs: list[TruncateCheck | None] = [*r.truncates] or [None]
         for k, t in enumerate(truncs):
             name = o.scenario.name if k == 0 else ""
             trunc = f"{t.audio_end_ms}" if t else "-"
@@ -167,9 +168,9 @@ def _summary(outcomes: list[Outcome]) -> str:
             verdict = ("PASS" if not o.failures else "FAIL") if k == 0 else ""
             clears = str(r.clears) if k == 0 else ""
             cancels = str(r.cancels) if k == 0 else ""
-            lines.append(f"{name:46} {clears:>5} {cancels:>6} {trunc:>12} {heard:>9} {err:>7} {stop:>8} {gw:>6}  {verdict}")
-        for failure in o.failures:
-            lines.append(f"      ! {failure}")
+            lines.append(f"{name:46} {clears:>5} {cancels:>6} {trunc:>12} {heard:>9} {err:>7} {stop:>8} "
+                         f"{gw:>6}  {verdict}")
+        lines.extend(f"      ! {failure}" for failure in o.failures)
     lines += [
         "",
         "clear/cancel: messages the gateway sent (Twilio clear, upstream response.cancel). truncate ms: the",
@@ -204,7 +205,7 @@ async def run_demo(verbose: bool = False, audio_mode: str = "passthrough") -> in
     log(f"\n{len(outcomes) - len(failed)}/{len(outcomes)} scenarios correct in {time.monotonic() - t0:.1f} s; "
         f"worst truncate error {worst:.1f} ms (target ≤ {TOLERANCE_MS:.0f} ms); "
         f"audio lost/duplicated, late audio played, protocol violations, upstream errors: "
-        f"{'none' if not problems else problems}")
+        f"{problems or 'none'}")
     return 1 if failed else 0
 
 

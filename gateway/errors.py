@@ -15,9 +15,16 @@ from __future__ import annotations
 
 from _fastpath.errors import ProtocolError
 
+from .outcomes import TwilioViolation, UpstreamFailure, UpstreamViolation
+
 __all__ = [
-    "GatewayError", "ConfigError", "ProtocolError", "TwilioProtocolError",
-    "UpstreamProtocolError", "AuthError", "UpstreamError",
+    "AuthError",
+    "ConfigError",
+    "GatewayError",
+    "ProtocolError",
+    "TwilioProtocolError",
+    "UpstreamError",
+    "UpstreamProtocolError",
 ]
 
 
@@ -29,20 +36,20 @@ class ConfigError(GatewayError):
     """The configuration is invalid; the process must not start."""
 
 
-class _SideProtocolError(ProtocolError, GatewayError):
-    """A peer violated its wire protocol. ``kind`` is a short metric label."""
+class TwilioProtocolError(ProtocolError, GatewayError):
+    """Invalid input on the Twilio media socket; ``kind`` is its metric label."""
 
-    def __init__(self, message: str, kind: str = "invalid_message") -> None:
+    def __init__(self, message: str, kind: TwilioViolation) -> None:
         super().__init__(message)
         self.kind = kind
 
 
-class TwilioProtocolError(_SideProtocolError):
-    """Invalid input on the Twilio media socket."""
+class UpstreamProtocolError(ProtocolError, GatewayError):
+    """Invalid input on the OpenAI Realtime socket; ``kind`` is its metric label."""
 
-
-class UpstreamProtocolError(_SideProtocolError):
-    """Invalid input on the OpenAI Realtime socket."""
+    def __init__(self, message: str, kind: UpstreamViolation) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class AuthError(GatewayError):
@@ -50,8 +57,9 @@ class AuthError(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """The upstream realtime session cannot continue. ``code`` is a short metric label."""
+    """The upstream realtime session cannot continue. ``code`` is its metric label: one of
+    ``UpstreamFailure`` or the ``code`` of the server's own ``error`` event."""
 
-    def __init__(self, message: str, code: str = "error") -> None:
+    def __init__(self, message: str, code: UpstreamFailure | str) -> None:
         super().__init__(message)
         self.code = code

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from multidict import MultiDict
 
-from .call import State, Trigger
+from .call import State
+from .outcomes import RejectReason, Trigger
 from .twilio import tokens, twiml
 from .twilio.signature import validate_signature
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.http")
 MEDIA_PATH = "/twilio/media"
 VOICE_PATH = "/twilio/voice"
-GATEWAY_KEY = web.AppKey("gateway", object)
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
 def forwarded_base(headers: Mapping[str, str], scheme: str = "http") -> str:
@@ -53,19 +55,30 @@ def media_url(base: str) -> str:
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{MEDIA_PATH}"
 
 
+async def _twilio_form(request: web.Request) -> MultiDict[str]:
+    """Twilio posts ``application/x-www-form-urlencoded`` UTF-8: anything else is a 400, not a 500."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise web.HTTPBadRequest(text="expected an application/x-www-form-urlencoded body")
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise web.HTTPBadRequest(text="malformed form body") from None
+    return MultiDict((k, v) for k, v in form.items() if isinstance(v, str))
+
+
 async def voice_webhook(request: web.Request) -> web.Response:
     gw: Gateway = request.app[GATEWAY_KEY]
     settings = gw.settings
-    form = await request.post()
-    params = {k: str(v) for k, v in form.items()}
+    form = await _twilio_form(request)
+    params = dict(form.items())
     base = public_base(request, settings.public_url)
     if settings.secure:
         # Sign over the public URL Twilio requested (base + path + query), never request.url:
-        # behind a proxy or tunnel the app sees another scheme/host (PROTOCOLS.md A.5.1).
+        # behind a proxy or tunnel the app sees another scheme/host (docs/protocols/twilio.md#url-variants).
         url = base + request.path_qs
         signature = request.headers.get("X-Twilio-Signature", "")
         if not validate_signature(settings.twilio_auth_token, url, form, signature):
-            gw.count_rejected("bad_signature")
+            gw.count_rejected(RejectReason.BAD_SIGNATURE)
             log.warning("webhook rejected: bad X-Twilio-Signature")
             raise web.HTTPForbidden(text="invalid signature")
     call_sid = params.get("CallSid", "")
@@ -98,7 +111,7 @@ async def interrupt_call(request: web.Request) -> web.Response:
     return web.json_response({"call_sid": call.call_sid, "interrupted": acted})
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 

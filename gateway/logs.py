@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import TextIO
 
 import orjson
 
@@ -38,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def setup_logging(level: str = "INFO", worker: str | int | None = None, stream=None) -> None:
+def setup_logging(level: str = "INFO", worker: str | int | None = None, stream: TextIO | None = None) -> None:
     """Route every logger (ours, aiohttp's, picows') through one JSON handler."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(worker))

@@ -1,77 +1,165 @@
 """Prometheus metrics of one worker, aggregated across workers by prometheus-client's multiprocess mode.
 
-Per-frame code never touches a metric object: calls count in plain ints (``call.CallStats``) and
-``flush`` adds what changed since the last flush, from the worker's housekeeping tick and once
-more when a call ends. With ``PROMETHEUS_MULTIPROC_DIR`` set (the supervisor sets it for its
-workers) every process writes its samples to that directory and ``/metrics`` on any worker
-serves the sum over all of them; without it (demo, tests) a private registry is used.
+``METRICS`` is the one place a metric is declared: its name, type, help, labels, buckets, and —
+for metrics fed by calls — which ``CallStats`` field flows into it (``Flush``). Per-frame code
+never touches a metric object: calls count in plain attributes and ``GatewayMetrics.flush`` adds
+what changed since the last flush, from the worker's housekeeping tick and once more when a
+call ends. The README's metrics table and ``deploy/`` are checked against ``METRICS`` by tests,
+and a test checks that every ``CallStats`` field is flushed somewhere.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (the supervisor sets it for its workers) every process
+writes its samples to that directory and ``/metrics`` on any worker serves the sum over all of
+them; without it (demo, tests) a private registry is used.
 
 Names follow Prometheus conventions: counters end in ``_total``, durations are ``_seconds``.
 """
 from __future__ import annotations
 
+import enum
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .stats import CallStats
 
 if TYPE_CHECKING:
     from .call import Call
 
 FRAME_SECONDS = 0.02  # Twilio media frames are 20 ms
+ULAW_BYTES_PER_S = 8000.0
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CONNECT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 OFFSET_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
-# (name, type, help, labels) — the README's metrics table is checked against this list.
-METRICS = (
-    ("gateway_active_calls", "gauge", "Calls in progress (all workers).", ()),
-    ("gateway_calls_started_total", "counter", "Media streams opened.", ()),
-    ("gateway_calls_ended_total", "counter", "Calls ended, by outcome.", ("outcome",)),
-    ("gateway_call_duration_seconds", "histogram", "Call duration from media socket open to end.", ()),
-    ("gateway_media_frames_total", "counter",
-     "Media messages: inbound = Twilio frames received, outbound = media messages sent to Twilio.", ("direction",)),
-    ("gateway_audio_seconds_total", "counter", "Audio carried, by direction.", ("direction",)),
-    ("gateway_late_audio_dropped_total", "counter", "Model audio deltas of interrupted responses dropped.", ()),
-    ("gateway_interrupts_total", "counter", "Barge-ins that acted, by trigger.", ("trigger",)),
-    ("gateway_interrupt_to_clear_seconds", "histogram", "Interrupt trigger to Twilio clear handed to the socket.", ()),
-    ("gateway_truncation_offset_seconds", "histogram",
-     "audio_end_ms of each conversation.item.truncate sent (its _count is the number of truncations).", ()),
-    ("gateway_upstream_connect_seconds", "histogram", "Upstream TCP+TLS+WebSocket connect time.", ()),
-    ("gateway_upstream_errors_total", "counter", "Upstream failures and error events, by code.", ("code",)),
-    ("gateway_protocol_errors_total", "counter", "Invalid peer messages, by side and kind.", ("side", "kind")),
-    ("gateway_rejected_calls_total", "counter", "Calls refused at webhook or upgrade, by reason.", ("reason",)),
-    ("gateway_event_loop_lag_seconds", "histogram", "Lateness of the worker's housekeeping timer.", ()),
-    ("gateway_worker_restarts_total", "counter", "Workers restarted by the supervisor.", ()),
+
+class Kind(enum.StrEnum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+
+
+class Flush(NamedTuple):
+    """One ``CallStats`` field flowing into a metric.
+
+    By the field's type: an int adds its increase (× ``scale``); a ``dict[str, int]`` adds each
+    key's increase with the key as the last label value; a list observes its new entries
+    (element ``pick`` of tuples, × ``scale``); an optional float is observed once when set.
+    """
+
+    field: str
+    labels: tuple[str, ...] = ()  # fixed label values before any key label
+    scale: float = 1.0
+    pick: int | None = None
+
+
+class Metric(NamedTuple):
+    name: str  # as exposed (counters with `_total`)
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+    flush: tuple[Flush, ...] = ()
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("gateway_active_calls", Kind.GAUGE, "Calls in progress (all workers)."),
+    Metric("gateway_calls_started_total", Kind.COUNTER, "Media streams opened."),
+    Metric("gateway_calls_ended_total", Kind.COUNTER, "Calls ended, by outcome.", ("outcome",)),
+    Metric("gateway_call_duration_seconds", Kind.HISTOGRAM, "Call duration from media socket open to end.",
+           buckets=DURATION_BUCKETS),
+    Metric("gateway_media_frames_total", Kind.COUNTER,
+           "Media messages: inbound = Twilio frames received, outbound = media messages sent to Twilio.",
+           ("direction",), flush=(Flush("frames_in", ("inbound",)), Flush("media_out", ("outbound",)))),
+    Metric("gateway_audio_seconds_total", Kind.COUNTER, "Audio carried, by direction.", ("direction",),
+           flush=(Flush("frames_in", ("inbound",), FRAME_SECONDS),
+                  Flush("bytes_out", ("outbound",), 1 / ULAW_BYTES_PER_S))),
+    Metric("gateway_late_audio_dropped_total", Kind.COUNTER, "Model audio deltas of interrupted responses dropped.",
+           flush=(Flush("deltas_dropped"),)),
+    Metric("gateway_caller_audio_dropped_seconds_total", Kind.COUNTER,
+           "Caller audio lost while the upstream session was opening (beyond GATEWAY_MAX_PENDING_AUDIO_MS).",
+           flush=(Flush("caller_audio_dropped_bytes", scale=1 / ULAW_BYTES_PER_S),)),
+    Metric("gateway_interrupts_total", Kind.COUNTER, "Barge-ins that acted, by trigger.", ("trigger",),
+           flush=(Flush("interrupts"),)),
+    Metric("gateway_interrupt_to_clear_seconds", Kind.HISTOGRAM,
+           "Interrupt trigger to Twilio clear handed to the socket.",
+           buckets=LATENCY_BUCKETS, flush=(Flush("clear_latency_s"),)),
+    Metric("gateway_truncation_offset_seconds", Kind.HISTOGRAM,
+           "audio_end_ms of each conversation.item.truncate sent (its _count is the number of truncations).",
+           buckets=OFFSET_BUCKETS, flush=(Flush("truncations", scale=0.001, pick=1),)),
+    Metric("gateway_upstream_connect_seconds", Kind.HISTOGRAM, "Upstream TCP+TLS+WebSocket connect time.",
+           buckets=CONNECT_BUCKETS, flush=(Flush("upstream_connect_s"),)),
+    Metric("gateway_upstream_errors_total", Kind.COUNTER, "Upstream failures and error events, by code.", ("code",),
+           flush=(Flush("upstream_errors"),)),
+    Metric("gateway_protocol_errors_total", Kind.COUNTER, "Invalid peer messages, by side and kind.", ("side", "kind"),
+           flush=(Flush("twilio_protocol_errors", ("twilio",)), Flush("upstream_protocol_errors", ("upstream",)))),
+    Metric("gateway_rejected_calls_total", Kind.COUNTER, "Calls refused at webhook or upgrade, by reason.",
+           ("reason",)),
+    Metric("gateway_event_loop_lag_seconds", Kind.HISTOGRAM, "Lateness of the worker's housekeeping timer.",
+           buckets=LAG_BUCKETS),
+    Metric("gateway_worker_restarts_total", Kind.COUNTER, "Workers restarted by the supervisor."),
 )
-
-
-class _Seen:
-    """What of one call's counters was already added to the metrics."""
-
-    __slots__ = ("frames_in", "media_out", "bytes_out", "dropped", "clears", "truncs", "interrupts",
-                 "upstream_errors", "twilio_errors", "connect")
-
-    def __init__(self) -> None:
-        self.frames_in = self.media_out = self.bytes_out = self.dropped = self.clears = self.truncs = 0
-        self.interrupts: dict[str, int] = {}
-        self.upstream_errors: dict[str, int] = {}
-        self.twilio_errors: dict[str, int] = {}
-        self.connect = False
+BY_NAME = {m.name: m for m in METRICS}
 
 
 def _multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def make(metric: Metric, registry: CollectorRegistry | None) -> Any:
+    """The prometheus-client object of a declaration (counters are named without `_total`)."""
+    if metric.kind is Kind.COUNTER:
+        return Counter(metric.name.removesuffix("_total"), metric.help, metric.labels, registry=registry)
+    if metric.kind is Kind.GAUGE:
+        return Gauge(metric.name, metric.help, metric.labels, registry=registry, multiprocess_mode="livesum")
+    assert metric.buckets is not None, metric.name
+    return Histogram(metric.name, metric.help, metric.labels, registry=registry, buckets=metric.buckets)
+
+
+class _Flow:
+    """Moves one CallStats field's increase into its metric; ``seen`` is what was moved so far."""
+
+    __slots__ = ("field", "fixed", "metric", "pick", "scale", "target", "way")
+
+    def __init__(self, flush: Flush, metric: Any, sample: CallStats) -> None:
+        self.field = flush.field
+        self.scale = flush.scale
+        self.pick = flush.pick
+        self.fixed = flush.labels
+        self.metric = metric
+        self.way = type(getattr(sample, flush.field))
+        self.target = metric.labels(*flush.labels) if flush.labels and self.way is not dict else metric
+
+    def initial(self) -> Any:
+        return {} if self.way is dict else (False if self.way is type(None) else 0)
+
+    def move(self, current: Any, seen: Any) -> Any:
+        way = self.way
+        if way is int:
+            if current != seen:
+                self.target.inc((current - seen) * self.scale)
+            return current
+        if way is list:
+            if len(current) != seen:
+                pick, scale = self.pick, self.scale
+                for value in current[seen:]:
+                    self.target.observe((value if pick is None else value[pick]) * scale)
+            return len(current)
+        if way is dict:
+            if current != seen:
+                for key, value in current.items():
+                    d = value - seen.get(key, 0)
+                    if d:
+                        self.metric.labels(*self.fixed, key).inc(d * self.scale)
+                return dict(current)
+            return seen
+        if not seen and current is not None:  # an optional value, observed once
+            self.target.observe(current * self.scale)
+            return True
+        return seen
 
 
 class GatewayMetrics:
@@ -82,50 +170,36 @@ class GatewayMetrics:
         if _multiprocess():
             from prometheus_client import multiprocess
 
-            multiprocess.MultiProcessCollector(self.registry)
+            multiprocess.MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]  # untyped upstream
             target = None  # samples go to this process's files; the collector reads all files
         else:
             target = self.registry
-        self.active = Gauge("gateway_active_calls", METRICS[0][2], registry=target, multiprocess_mode="livesum")
-        self.started = Counter("gateway_calls_started", METRICS[1][2], registry=target)
-        self.ended = Counter("gateway_calls_ended", METRICS[2][2], ["outcome"], registry=target)
-        self.duration = Histogram("gateway_call_duration_seconds", METRICS[3][2], registry=target,
-                                  buckets=DURATION_BUCKETS)
-        self.frames = Counter("gateway_media_frames", METRICS[4][2], ["direction"], registry=target)
-        self.audio = Counter("gateway_audio_seconds", METRICS[5][2], ["direction"], registry=target)
-        self.dropped = Counter("gateway_late_audio_dropped", METRICS[6][2], registry=target)
-        self.interrupts = Counter("gateway_interrupts", METRICS[7][2], ["trigger"], registry=target)
-        self.clear_latency = Histogram("gateway_interrupt_to_clear_seconds", METRICS[8][2], registry=target,
-                                       buckets=LATENCY_BUCKETS)
-        self.truncation = Histogram("gateway_truncation_offset_seconds", METRICS[9][2], registry=target,
-                                    buckets=OFFSET_BUCKETS)
-        self.connect = Histogram("gateway_upstream_connect_seconds", METRICS[10][2], registry=target,
-                                 buckets=CONNECT_BUCKETS)
-        self.upstream_errors = Counter("gateway_upstream_errors", METRICS[11][2], ["code"], registry=target)
-        self.protocol_errors = Counter("gateway_protocol_errors", METRICS[12][2], ["side", "kind"], registry=target)
-        self.rejected_calls = Counter("gateway_rejected_calls", METRICS[13][2], ["reason"], registry=target)
-        self.loop_lag = Histogram("gateway_event_loop_lag_seconds", METRICS[14][2], registry=target,
-                                  buckets=LAG_BUCKETS)
-        self.worker_restarts = Counter("gateway_worker_restarts", METRICS[15][2], registry=target)
-        self._frames_in = self.frames.labels("inbound")
-        self._frames_out = self.frames.labels("outbound")
-        self._audio_in = self.audio.labels("inbound")
-        self._audio_out = self.audio.labels("outbound")
-        self._seen: dict[Call, _Seen] = {}
+        # Every metric exists in every worker (at zero until it counts), the restart counter too:
+        # only the supervisor increments it, in the shared multiprocess directory.
+        self.objects = {m.name: make(m, target) for m in METRICS}
+        sample = CallStats()
+        self._flows = [_Flow(f, self.objects[m.name], sample) for m in METRICS for f in m.flush]
+        self._seen: dict[Call, list[Any]] = {}
+        self._active = self.objects["gateway_active_calls"]
+        self._started = self.objects["gateway_calls_started_total"]
+        self._ended = self.objects["gateway_calls_ended_total"]
+        self._duration = self.objects["gateway_call_duration_seconds"]
+        self._rejected = self.objects["gateway_rejected_calls_total"]
+        self._loop_lag = self.objects["gateway_event_loop_lag_seconds"]
 
     # ------------------------------------------------------------------ events (rare)
     def call_started(self, call: Call) -> None:
-        self.started.inc()
-        self._seen[call] = _Seen()
+        self._started.inc()
+        self._seen[call] = [flow.initial() for flow in self._flows]
 
     def call_ended(self, call: Call, now: float) -> None:
         self._flush_call(call)
         self._seen.pop(call, None)
-        self.ended.labels(call.outcome or "unknown").inc()
-        self.duration.observe(max(0.0, now - call.started_at))
+        self._ended.labels(call.outcome or "unknown").inc()
+        self._duration.observe(max(0.0, now - call.started_at))
 
     def rejected(self, reason: str) -> None:
-        self.rejected_calls.labels(reason).inc()
+        self._rejected.labels(reason).inc()
 
     # ------------------------------------------------------------------ the periodic flush
     def flush(self, calls: Iterable[Call], loop_lag_s: float | None = None) -> None:
@@ -134,50 +208,17 @@ class GatewayMetrics:
         for call in calls:
             self._flush_call(call)
             n += 1
-        self.active.set(n)
+        self._active.set(n)
         if loop_lag_s is not None:
-            self.loop_lag.observe(max(0.0, loop_lag_s))
+            self._loop_lag.observe(max(0.0, loop_lag_s))
 
     def _flush_call(self, call: Call) -> None:
         seen = self._seen.get(call)
         if seen is None:
-            seen = self._seen[call] = _Seen()
-        st = call.stats
-        if st.frames_in != seen.frames_in:
-            d = st.frames_in - seen.frames_in
-            self._frames_in.inc(d)
-            self._audio_in.inc(d * FRAME_SECONDS)
-            seen.frames_in = st.frames_in
-        if st.bytes_out != seen.bytes_out:
-            self._audio_out.inc((st.bytes_out - seen.bytes_out) / 8000.0)
-            seen.bytes_out = st.bytes_out
-        if st.media_out != seen.media_out:
-            self._frames_out.inc(st.media_out - seen.media_out)
-            seen.media_out = st.media_out
-        if st.deltas_dropped != seen.dropped:
-            self.dropped.inc(st.deltas_dropped - seen.dropped)
-            seen.dropped = st.deltas_dropped
-        if len(st.clear_latency_s) != seen.clears:
-            for value in st.clear_latency_s[seen.clears:]:
-                self.clear_latency.observe(value)
-            seen.clears = len(st.clear_latency_s)
-        if len(st.truncations) != seen.truncs:
-            for _item, end_ms in st.truncations[seen.truncs:]:
-                self.truncation.observe(end_ms / 1000.0)
-            seen.truncs = len(st.truncations)
-        if not seen.connect and st.upstream_connect_s is not None:
-            self.connect.observe(st.upstream_connect_s)
-            seen.connect = True
-        _add_dict(st.interrupts, seen.interrupts, lambda k, d: self.interrupts.labels(k).inc(d))
-        _add_dict(st.twilio_protocol_errors, seen.twilio_errors,
-                  lambda k, d: self.protocol_errors.labels("twilio", k).inc(d))
-        _add_dict(st.upstream_errors, seen.upstream_errors, self._upstream_error)
-
-    def _upstream_error(self, code: str, d: int) -> None:
-        if code.startswith("protocol_"):
-            self.protocol_errors.labels("upstream", code[len("protocol_"):]).inc(d)
-        else:
-            self.upstream_errors.labels(code).inc(d)
+            seen = self._seen[call] = [flow.initial() for flow in self._flows]
+        stats = call.stats
+        for i, flow in enumerate(self._flows):
+            seen[i] = flow.move(getattr(stats, flow.field), seen[i])
 
     # ------------------------------------------------------------------ exposition
     def render(self) -> tuple[bytes, str]:
@@ -185,11 +226,6 @@ class GatewayMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def _add_dict(current: dict[str, int], seen: dict[str, int], add) -> None:
-    if current == seen:
-        return
-    for key, value in current.items():
-        d = value - seen.get(key, 0)
-        if d:
-            add(key, d)
-            seen[key] = value
+def restart_counter() -> Any:
+    """``gateway_worker_restarts_total`` as the supervisor writes it (multiprocess directory)."""
+    return make(BY_NAME["gateway_worker_restarts_total"], None)

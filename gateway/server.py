@@ -13,17 +13,19 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
-from picows.picows import WSAutoPingStrategy, WSProtocol
 
 from .call import Call
 from .config import Settings
 from .http import MEDIA_PATH, forwarded_base, make_app, media_url
 from .metrics import GatewayMetrics
 from .openai.upstream import UpstreamConnector
+from .outcomes import EndReason, RejectReason
+from .picows_adapter import check_server_protocol, server_protocol_factory
+from .sender import Sender
 from .twilio.media import TwilioMediaListener
 from .twilio.signature import validate_signature
 from .twilio.tokens import TokenVerifier
@@ -47,7 +49,7 @@ TWILIO_READ_BUFFER = 2 * 1024
 class PortDispatcher(asyncio.Protocol):
     """Hands each new connection to picows or aiohttp after reading its request line."""
 
-    __slots__ = ("_gateway", "_transport", "_buf", "_timer")
+    __slots__ = ("_buf", "_gateway", "_timer", "_transport")
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
@@ -56,25 +58,28 @@ class PortDispatcher(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._timer = asyncio.get_running_loop().call_later(FIRST_LINE_TIMEOUT_S, transport.close)
+        # A stream transport (uvloop's are not asyncio.Transport subclasses, only alike).
+        self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(FIRST_LINE_TIMEOUT_S, self._transport.close)
 
     def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
         self._buf += data
         end = self._buf.find(b"\r\n")
         if end < 0:
             if len(self._buf) > MAX_REQUEST_LINE:
-                self._transport.close()  # type: ignore[union-attr]
+                self._transport.close()
             return
         method, _, rest = bytes(self._buf[:end]).partition(b" ")
         path = rest.partition(b" ")[0].partition(b"?")[0]
+        protocol: asyncio.BaseProtocol
         if method == b"GET" and path in MEDIA_PATHS:
-            protocol: Any = self._gateway.websocket_protocol()
+            protocol = self._gateway.websocket_protocol()
         else:
             protocol = self._gateway.http_protocol()
         self._handover(protocol)
 
-    def _handover(self, protocol: Any) -> None:
+    def _handover(self, protocol: asyncio.BaseProtocol) -> None:
         transport = self._transport
         assert transport is not None
         if self._timer is not None:
@@ -85,13 +90,13 @@ class PortDispatcher(asyncio.Protocol):
         self._buf = bytearray()
         if isinstance(protocol, asyncio.BufferedProtocol):
             while data:
-                buf = protocol.get_buffer(len(data))
+                buf = memoryview(protocol.get_buffer(len(data)))
                 n = min(len(buf), len(data))
                 buf[:n] = data[:n]
                 protocol.buffer_updated(n)
                 data = data[n:]
         else:
-            protocol.data_received(bytes(data))
+            cast(asyncio.Protocol, protocol).data_received(bytes(data))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._timer is not None:
@@ -104,16 +109,19 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.calls: set[Call] = set()
-        self.rejected: dict[str, int] = {}
-        self.ended: dict[str, int] = {}
+        self.rejected: dict[RejectReason, int] = {}
+        self.ended: dict[str, int] = {}  # by Outcome
         self.draining = False
+        self._idle: asyncio.Event | None = None  # set when the last call ends during a drain
         self.tokens = TokenVerifier(settings.token_key) if settings.secure else None
         self.upstream = UpstreamConnector(settings)
         self.metrics = GatewayMetrics()
         self._app = make_app(self)
         self._runner: web.AppRunner | None = None
         self._servers: list[asyncio.AbstractServer] = []
-        self._ws_logger = logging.getLogger("picows.server")
+        self.websocket_protocol = server_protocol_factory(
+            self._media_listener, logger=logging.getLogger("picows.server"),
+            max_frame_size=settings.max_frame_bytes, read_buffer_size=TWILIO_READ_BUFFER)
         self.port: int | None = None
         # Called with each Call as it ends (metrics, the demo's summary); must not raise.
         self.call_end_hooks: list[Callable[[Call], None]] = []
@@ -126,12 +134,12 @@ class Gateway:
     def calls_by_sid(self) -> dict[str, Call]:
         return {c.call_sid: c for c in self.calls if c.call_sid}
 
-    def admission_refusal(self) -> str | None:
-        """Reason to refuse a new call (a metric label), or None to accept it."""
+    def admission_refusal(self) -> RejectReason | None:
+        """Reason to refuse a new call, or None to accept it."""
         if self.draining:
-            return "draining"
+            return RejectReason.DRAINING
         if len(self.calls) >= self.settings.max_calls:
-            return "capacity"
+            return RejectReason.CAPACITY
         return None
 
     @property
@@ -146,22 +154,26 @@ class Gateway:
         503 / busy TwiML) so load balancers and Twilio move on cleanly."""
         self.draining = True
         log.info("draining: %d active calls, up to %.0f s", len(self.calls), timeout_s)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.calls and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+        if self.calls:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+            except TimeoutError:
+                pass
+            finally:
+                self._idle = None
         remaining = len(self.calls)
         for call in list(self.calls):
-            call.end("drain_timeout", "drain_timeout", close_code=1001)
+            call.end(EndReason.DRAIN_TIMEOUT)
         if remaining:
             log.warning("drain timeout: ended %d calls", remaining)
         return remaining
 
-    def count_rejected(self, reason: str) -> None:
+    def count_rejected(self, reason: RejectReason) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self.metrics.rejected(reason)
 
-    def _make_call(self, sender: Any) -> Call:
+    def _make_call(self, sender: Sender) -> Call:
         loop = asyncio.get_running_loop()
         call = Call(self.settings, sender, loop.time, self.upstream.open, self.tokens, self._call_ended,
                     loop.call_later)
@@ -171,6 +183,8 @@ class Gateway:
 
     def _call_ended(self, call: Call) -> None:
         self.calls.discard(call)
+        if self._idle is not None and not self.calls:
+            self._idle.set()
         outcome = call.outcome or "unknown"
         self.ended[outcome] = self.ended.get(outcome, 0) + 1
         self.metrics.call_ended(call, asyncio.get_running_loop().time())
@@ -178,22 +192,10 @@ class Gateway:
             hook(call)
 
     # ------------------------------------------------------------------ protocols
-    def http_protocol(self) -> Any:
+    def http_protocol(self) -> asyncio.BaseProtocol:
         assert self._runner is not None and self._runner.server is not None
-        return self._runner.server()
-
-    def websocket_protocol(self) -> WSProtocol:
-        # Same arguments picows.ws_create_server passes (picows 2.3); only the factory differs.
-        return WSProtocol(
-            None, None, False, self._media_listener, self._ws_logger,
-            True,  # disconnect_on_exception: a bug in one call's callback closes only that call
-            5.0,  # handshake timeout
-            False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,  # auto pong
-            self.settings.max_frame_bytes,
-            None,
-            TWILIO_READ_BUFFER,
-        )
+        protocol: asyncio.BaseProtocol = self._runner.server()
+        return protocol
 
     def _media_listener(self, request: WSUpgradeRequest) -> Any:
         reason = self.admission_refusal()
@@ -204,7 +206,7 @@ class Gateway:
         if signature is not None and self.settings.secure:
             base = self.settings.public_url or forwarded_base(request.headers)
             if not validate_signature(self.settings.twilio_auth_token, media_url(base), {}, signature):
-                self.count_rejected("bad_signature")
+                self.count_rejected(RejectReason.BAD_SIGNATURE)
                 log.warning("media socket rejected: bad X-Twilio-Signature")
                 return WSUpgradeResponseWithListener(
                     WSUpgradeResponse.create_error_response(403, b"invalid signature\n"), None
@@ -222,6 +224,7 @@ class Gateway:
     async def start(self, host: str | None = None, port: int | None = None,
                     sock: socket.socket | None = None) -> int:
         """Listen on the one public port; returns the bound port."""
+        check_server_protocol(self.websocket_protocol)
         self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
         await self._runner.setup()
         loop = asyncio.get_running_loop()
@@ -251,7 +254,7 @@ class Gateway:
             try:
                 call.tick(now)
             except Exception:  # one call's bug must not stop housekeeping for the others
-                log.exception("tick failed", extra=call._log_extra())
+                log.exception("tick failed", extra=call.log_extra())
         self._ticks += 1
         if self._ticks % FLUSH_EVERY == 0:
             self.metrics.flush(self.calls, lag)
@@ -266,7 +269,7 @@ class Gateway:
         for server in self._servers:
             server.close()
         for call in list(self.calls):
-            call.end("shutdown", "shutdown", close_code=1001)
+            call.end(EndReason.SHUTDOWN)
         await self.upstream.aclose()
         for server in self._servers:
             await server.wait_closed()

@@ -72,3 +72,32 @@ class LoopRunner:
 def run(request) -> LoopRunner:
     """``run(coro)`` executes the coroutine on a fresh loop of the parametrized kind."""
     return LoopRunner(request.param)
+
+
+# --------------------------------------------------------------------------- what is under test
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONCE_DIRS = ("tests/deploy/", "tests/bench/")  # independent of the install and of the fast path
+
+
+def pytest_configure(config) -> None:
+    """``GATEWAY_EXPECT_INSTALLED=1`` (CI's wheel pass): fail at once if the checkout got imported."""
+    if os.environ.get("GATEWAY_EXPECT_INSTALLED") != "1":
+        return
+    import _fastpath
+    import bench
+    import gateway
+
+    for module in (gateway, _fastpath, bench):
+        path = os.path.abspath(module.__file__ or "")
+        if path.startswith(ROOT + os.sep):
+            raise pytest.UsageError(f"GATEWAY_EXPECT_INSTALLED=1 but {module.__name__} was imported from the "
+                                    f"checkout ({path}); run with PYTHONSAFEPATH=1 from a venv with the wheel")
+    if not _fastpath.COMPILED:
+        raise pytest.UsageError("GATEWAY_EXPECT_INSTALLED=1 but the installed wheel has no compiled fast path")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Suites that do not depend on how the package is installed nor on the fast path: ``once``."""
+    for item in items:
+        if any(part in str(item.path).replace(os.sep, "/") for part in ONCE_DIRS):
+            item.add_marker(pytest.mark.once)

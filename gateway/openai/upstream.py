@@ -1,71 +1,85 @@
 """Upstream realtime session on picows: one client socket per call, TLS verified.
 
-``UpstreamConnector.open(call)`` starts a task that connects and hands the call a sender; every
-failure path ends in ``call.upstream_failed`` so the call ends cleanly with a counted reason.
+``UpstreamConnector.open(sink)`` starts a task that connects and hands the sink (the call) a
+sender; every failure path ends in ``sink.upstream_failed`` so the call ends cleanly with a
+counted reason.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+from typing import Protocol
 
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from ..call import Call, State
 from ..config import Settings
-from ..ws import WSSender
+from ..outcomes import UpstreamFailure
+from ..picows_adapter import WSSender, tls_buffer_options
+from ..sender import Sender
 
 log = logging.getLogger("gateway.upstream")
 MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024  # input appends may be 15 MiB; server events are far smaller
 # Memory per call (picows grows these on demand, never shrinks them). Server events are mostly
 # audio deltas of 1-7 KiB; 4 KiB instead of picows's 16 KiB default saves 12 KiB per call.
 READ_BUFFER = 4 * 1024
-# aiofastnet (picows's TLS transport) gives each connection two static BIOs of 16 TLS records
-# (2 x 257 KiB of address space, first pages resident). One record each is enough for a stream of
-# small messages (a larger write is simply sent in several record-sized pieces); 16 KiB + 64 is
-# aiofastnet's minimum plus one record's overhead.
-TLS_BIO_BYTES = 16 * 1024 + 64
+
+
+class UpstreamSink(Protocol):
+    """What receives one upstream session's events (``call.Call``)."""
+
+    ended: bool  # the call is over: drop whatever still arrives
+
+    def on_upstream(self, message: bytes | memoryview) -> None: ...
+
+    def on_upstream_binary(self) -> None: ...
+
+    def upstream_connected(self, sender: Sender, connect_s: float) -> None: ...
+
+    def upstream_failed(self, exc: BaseException, code: UpstreamFailure | str) -> None: ...
+
+    def upstream_closed(self, code: int, reason: str) -> None: ...
 
 
 class UpstreamListener(WSListener):
-    def __init__(self, call: Call) -> None:
-        self.call = call
+    def __init__(self, sink: UpstreamSink) -> None:
+        self.sink = sink
         self._fragments: bytearray | None = None
-        self.closed_by_us = False
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         # The connect may complete after the call ended (timeout/cancel race): close at once.
-        if self.call.state is State.ENDED:
+        if self.sink.ended:
             transport.disconnect()
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        if self.call.state is State.ENDED:
+        sink = self.sink
+        if sink.ended:
             transport.disconnect()
             return
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT and frame.fin:
-            self.call.on_upstream(frame.get_payload_as_memoryview())
+            sink.on_upstream(frame.get_payload_as_memoryview())
         elif msg_type is WSMsgType.CLOSE:
             code = frame.get_close_code()
             reason = frame.get_close_reason()
             if not transport.is_close_frame_sent:
                 transport.send_close(code)
             transport.disconnect()
-            self.call.upstream_closed(int(code.value), reason)
+            sink.upstream_closed(int(code.value), reason)
         elif msg_type is WSMsgType.TEXT:
             self._fragments = bytearray(frame.get_payload_as_memoryview())
         elif msg_type is WSMsgType.CONTINUATION and self._fragments is not None:
             self._fragments += frame.get_payload_as_memoryview()
             if frame.fin:
                 message, self._fragments = bytes(self._fragments), None
-                self.call.on_upstream(message)
+                sink.on_upstream(message)
         elif msg_type is WSMsgType.BINARY:
-            self.call.on_upstream(b"\x00binary frame")  # reported as an upstream protocol error
+            sink.on_upstream_binary()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         # No-op once the call has ended (we closed it); otherwise the peer vanished.
-        if self.call.state is not State.ENDED:
-            self.call.upstream_closed(1006, "connection lost")
+        if not self.sink.ended:
+            self.sink.upstream_closed(1006, "connection lost")
 
 
 class UpstreamConnector:
@@ -80,29 +94,28 @@ class UpstreamConnector:
             if settings.upstream_ca_file:
                 ctx.load_verify_locations(settings.upstream_ca_file)
             self._ssl = ctx
-        self._tls_buffers = (
-            {"ssl_incoming_bio_size": TLS_BIO_BYTES, "ssl_outgoing_bio_size": TLS_BIO_BYTES} if self._ssl else {}
-        )
-        self._tasks: set[asyncio.Task] = set()
+        self._tls_buffers = tls_buffer_options(self._ssl is not None)
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def open(self, call: Call) -> asyncio.Task:
+    def open(self, sink: UpstreamSink) -> asyncio.Task[None]:
         """Start connecting; the call keeps the task to cancel it if it ends first."""
-        task = asyncio.get_running_loop().create_task(self._connect(call))
+        task = asyncio.get_running_loop().create_task(self._connect(sink))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _connect(self, call: Call) -> None:
+    async def _connect(self, sink: UpstreamSink) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        timeout = self._settings.upstream_connect_timeout_s
         try:
-            transport, listener = await asyncio.wait_for(
+            transport, _listener = await asyncio.wait_for(
                 ws_connect(
-                    lambda: UpstreamListener(call),
+                    lambda: UpstreamListener(sink),
                     self._settings.upstream_url,
                     ssl_context=self._ssl,
                     extra_headers=self._headers,
-                    websocket_handshake_timeout=self._settings.upstream_connect_timeout_s,
+                    websocket_handshake_timeout=timeout,
                     max_frame_size=MAX_UPSTREAM_MESSAGE,
                     enable_auto_ping=False,
                     max_redirects=0,  # never replay the API key to another host
@@ -110,24 +123,26 @@ class UpstreamConnector:
                     read_buffer_init_size=READ_BUFFER,
                     **self._tls_buffers,
                 ),
-                self._settings.upstream_connect_timeout_s,
+                timeout,
             )
         except asyncio.CancelledError:
             raise
-        except asyncio.TimeoutError as exc:
-            call.upstream_failed(exc, "connect_timeout")
+        except TimeoutError as exc:
+            sink.upstream_failed(exc, UpstreamFailure.CONNECT_TIMEOUT)
             return
         except ssl.SSLError as exc:
-            call.upstream_failed(exc, "tls")
+            sink.upstream_failed(exc, UpstreamFailure.TLS)
             return
-        except Exception as exc:  # handshake refused (401/403/5xx), DNS, connection refused
-            code = "handshake" if type(exc).__name__.startswith("WS") else "connect_failed"
-            call.upstream_failed(exc, code)
+        except WSError as exc:  # handshake refused (401/403/5xx), invalid upgrade response
+            sink.upstream_failed(exc, UpstreamFailure.HANDSHAKE)
             return
-        if call.state is State.ENDED:
+        except Exception as exc:  # DNS, connection refused  # noqa: BLE001 - every failure ends the call with a reason
+            sink.upstream_failed(exc, UpstreamFailure.CONNECT_FAILED)
+            return
+        if sink.ended:
             transport.disconnect()
             return
-        call.upstream_connected(WSSender(transport), loop.time() - t0)
+        sink.upstream_connected(WSSender(transport), loop.time() - t0)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

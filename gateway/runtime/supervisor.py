@@ -7,8 +7,9 @@ stdlib-asyncio process (its speed does not matter), and each worker is a fresh i
 
 Protocol with a worker (``worker.py``):
 
-* spawn: ``sys.executable -m gateway.runtime.worker --index I --ready-fd W --host H --port P
-  --parent-pid S`` with the environment inherited (same ``Settings.from_env()``); ``W`` is the
+* spawn: ``sys.executable -P -m gateway.runtime.worker --index I --ready-fd W --host H --port P
+  --parent-pid S`` with the environment inherited (same ``Settings.from_env()``) and this
+  package's directory first on ``PYTHONPATH`` (``worker_command``); ``W`` is the
   write end of a fresh pipe handed over with ``pass_fds`` (closed here right after the spawn);
 * ready: the worker writes ``ready <port>\\n`` on that pipe once its own ``SO_REUSEPORT`` socket
   listens, and closes it. EOF without that line means it failed to start (its exit is reaped);
@@ -51,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -62,6 +64,24 @@ STOP_GRACE_S = 30.0  # after the drain timeout, before workers are killed
 FAIL_STOP_S = 10.0  # failed start: time the other workers get to stop before SIGKILL
 TICK_S = 0.1  # exit polling period (ready notifications and signals wake the loop at once)
 WORKER_MODULE = "gateway.runtime.worker"
+
+
+def worker_command() -> list[str]:
+    """argv that runs a worker from the SAME ``gateway`` package this supervisor imported.
+
+    ``-P``: the worker's working directory is not put on ``sys.path`` (run from a source checkout
+    after a wheel install, ``-m`` would otherwise import the checkout, with no compiled fast path);
+    the directory this package came from goes first on ``PYTHONPATH`` instead (``worker_env``).
+    """
+    return [sys.executable, "-P", "-m", WORKER_MODULE]
+
+
+def worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with the directory that holds this ``gateway`` package first on PYTHONPATH."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = dict(env)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return out
 
 
 def next_backoff(backoff_s: float, uptime_s: float) -> tuple[float, float]:
@@ -90,7 +110,7 @@ def _mark_process_dead(pid: int, path: str | None) -> None:
     try:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid, path)
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]  # untyped upstream
     except Exception:  # metrics bookkeeping must never take the supervisor down
         log.warning("mark_process_dead(%d) failed", pid, exc_info=True)
 
@@ -100,7 +120,7 @@ class WorkerProcess:
     """One worker slot: its current process (None while down) and restart bookkeeping."""
 
     index: int
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     ready_fd: int | None = None  # read end of the ready pipe while waiting for "ready"
     ready_buf: bytes = b""
     ready: bool = False
@@ -132,13 +152,13 @@ class Supervisor:
         self.drain_timeout_s = drain_timeout_s
         self.ready_timeout_s = ready_timeout_s
         # argv of a worker before "--index I --ready-fd W ..." (tests substitute a fake worker)
-        self.worker_cmd = list(worker_cmd) if worker_cmd else [sys.executable, "-m", WORKER_MODULE]
-        self.env = dict(env) if env is not None else None  # None: inherit ours
+        self.worker_cmd = list(worker_cmd) if worker_cmd else worker_command()
+        self.env = worker_env(os.environ if env is None else env)
         self.workers = [WorkerProcess(i) for i in range(workers)]
         self.restart_count = 0
         # Callables (index, pid) run by on_worker_restart, e.g. a Prometheus counter's inc.
         self.restart_hooks: list[Callable[[int, int], None]] = [self._count_restart]
-        self._restart_counter = None
+        self._restart_counter: Any = None  # prometheus Counter, created on the first restart
         self._phase = "starting"  # starting → running → stopping | failing
         self._signal: int | None = None
         self._extra_signal: int | None = None
@@ -155,12 +175,9 @@ class Supervisor:
         if self.metrics_dir is None:
             return
         if self._restart_counter is None:
-            from prometheus_client import Counter
+            from ..metrics import restart_counter
 
-            from ..metrics import METRICS
-
-            help_text = next(h for name, _k, h, _l in METRICS if name == "gateway_worker_restarts_total")
-            self._restart_counter = Counter("gateway_worker_restarts", help_text, registry=None)
+            self._restart_counter = restart_counter()
         self._restart_counter.inc()
 
     def on_worker_restart(self, index: int, pid: int) -> None:
@@ -191,8 +208,7 @@ class Supervisor:
                 shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _setup_metrics_dir(self) -> None:
-        env = self.env if self.env is not None else os.environ
-        given = env.get(MULTIPROC_ENV)
+        given = self.env.get(MULTIPROC_ENV)
         if given:
             os.makedirs(given, exist_ok=True)
             self.metrics_dir = given
@@ -202,8 +218,7 @@ class Supervisor:
             # The workers inherit it; set here too, so metrics created in this process (the
             # restart counter behind on_worker_restart) land in the same directory.
             os.environ[MULTIPROC_ENV] = self.metrics_dir
-            if self.env is not None:
-                self.env[MULTIPROC_ENV] = self.metrics_dir
+            self.env[MULTIPROC_ENV] = self.metrics_dir
         if self.metrics_dir:
             log.info("prometheus multiprocess mode: %s=%s", MULTIPROC_ENV, self.metrics_dir)
 
@@ -277,7 +292,8 @@ class Supervisor:
         cmd = [*self.worker_cmd, "--index", str(w.index), "--ready-fd", str(write_fd),
                "--host", self.host, "--port", str(self.port), "--parent-pid", str(os.getpid())]
         try:
-            w.proc = subprocess.Popen(cmd, pass_fds=(write_fd,), env=self.env, stdin=subprocess.DEVNULL)
+            w.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+                cmd, pass_fds=(write_fd,), env=self.env, stdin=subprocess.DEVNULL)
         except OSError as exc:
             os.close(read_fd)
             w.proc = None

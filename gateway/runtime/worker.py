@@ -35,6 +35,14 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the worker imports asyncio and the gateway only after its signal handlers are in
+    import asyncio
+    import logging
+
+    from ..config import Settings
 
 DUPLICATE_WINDOW_S = 1.0  # a 2nd SIGTERM this soon after the 1st is the same request delivered twice
 
@@ -47,8 +55,8 @@ class _Signals:
 
     def __init__(self) -> None:
         self.received: list[tuple[int, float]] = []  # (signum, monotonic time)
-        self._loop = None
-        self._callback = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._callback: Callable[[int, float], None] | None = None
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -57,11 +65,11 @@ class _Signals:
     def _handler(self, signum: int, frame: object) -> None:
         at = time.monotonic()
         self.received.append((signum, at))
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._callback, signum, at)
+        loop, callback = self._loop, self._callback
+        if loop is not None and callback is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(callback, signum, at)
 
-    def attach(self, loop, callback) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop, callback: Callable[[int, float], None]) -> None:
         """From now on ``callback(signum, at)`` runs on ``loop``; earlier signals are replayed."""
         self._loop, self._callback = loop, callback
         for signum, at in self.received:
@@ -125,7 +133,7 @@ class _StopRequest:
     twice (a signal to the whole process group or cgroup — ``timeout``, systemd's default
     KillMode — plus the supervisor's forwarding) and does not cut the drain short."""
 
-    def __init__(self, log) -> None:
+    def __init__(self, log: logging.Logger) -> None:
         import asyncio
 
         self._log = log
@@ -138,7 +146,7 @@ class _StopRequest:
         if signum == signal.SIGTERM and self._first_at is None:
             self._first_at = at
             self._log.info("%s: draining", name)
-        elif signum == signal.SIGTERM and at - self._first_at < DUPLICATE_WINDOW_S:
+        elif signum == signal.SIGTERM and self._first_at is not None and at - self._first_at < DUPLICATE_WINDOW_S:
             self._log.info("%s again within %.0f s: same request, still draining", name, DUPLICATE_WINDOW_S)
         elif not self.immediate.is_set():
             self._log.info("%s: stopping now", name)
@@ -157,7 +165,7 @@ def _notify_ready(ready_fd: int | None, port: int) -> None:
         os.close(ready_fd)
 
 
-async def serve(settings, sock: socket.socket, ready_fd: int | None, log) -> int:
+async def serve(settings: Settings, sock: socket.socket, ready_fd: int | None, log: logging.Logger) -> int:
     """Run one gateway on ``sock`` until a signal says stop; returns the exit code."""
     import asyncio
 

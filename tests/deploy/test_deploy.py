@@ -760,7 +760,7 @@ TARGET_LABELS = {"job", "namespace", "pod", "instance", "container", "endpoint",
 def exported_series() -> dict[str, tuple[str, ...]]:
     """Series names the gateway exposes -> their labels (histograms only through their suffixes)."""
     out: dict[str, tuple[str, ...]] = {}
-    for name, kind, _help, labels in METRICS:
+    for name, kind, _help, labels, *_ in METRICS:
         if kind == "histogram":
             out[name + "_bucket"] = (*labels, "le")
             out[name + "_sum"] = labels
@@ -877,22 +877,17 @@ def test_every_metric_used_is_exported():
 
 
 def gateway_label_values() -> dict[str, set[str]]:
-    """The values the gateway can give each enumerated label, read from its source."""
-    from gateway.call import Trigger
+    """The values the gateway can give each enumerated label: its enums (``gateway.outcomes``)."""
+    from gateway.metrics import METRICS
+    from gateway.outcomes import Outcome, RejectReason, Trigger
 
-    def literals(text: str) -> set[str]:
-        return set(re.findall(r'"([a-z_]+)"', text))
-
-    source = {p.name: p.read_text() for p in (ROOT / "gateway").rglob("*.py")}
-    everything = "\n".join(source.values())
-    lines = everything.splitlines()
-    refusal = re.search(r"def admission_refusal.*?(?=\n    (?:def|@))", source["server.py"], re.DOTALL).group(0)
+    fixed = {f.labels[0] for m in METRICS for f in m.flush if f.labels}
     return {
-        "outcome": literals("\n".join(line for line in lines if ".end(" in line)) | {"unknown"},
-        "reason": literals(refusal) | literals("\n".join(line for line in lines if "count_rejected(" in line)),
+        "outcome": {o.value for o in Outcome} | {"unknown"},
+        "reason": {r.value for r in RejectReason},
         "trigger": {t.value for t in Trigger},
-        "direction": literals("\n".join(line for line in source["metrics.py"].splitlines() if ".labels(" in line)),
-        "side": literals("\n".join(line for line in source["metrics.py"].splitlines() if ".labels(" in line)),
+        "direction": fixed & {"inbound", "outbound"},
+        "side": fixed & {"twilio", "upstream"},
     }
 
 

@@ -50,7 +50,7 @@ def test_metrics_count_scripted_calls(run):
             return records, _samples(text), text
     records, m, text = run(scenario())
     assert all(str(r.outcome) == "completed" for r in records)
-    for name, kind, _help, _labels in METRICS:  # every documented metric is exported
+    for name, kind, *_ in METRICS:  # every documented metric is exported
         assert f"# TYPE {name.removesuffix('_total')} {kind}" in text or f"# TYPE {name} {kind}" in text, name
     assert m[("gateway_calls_started_total", ())] == 3
     assert m[("gateway_calls_ended_total", (("outcome", "completed"),))] == 3

@@ -1,0 +1,141 @@
+"""Every label the gateway reports about a call, in one place.
+
+Dashboards and alerts select on these values (``gateway_calls_ended_total{outcome="upstream_error"}``
+pages someone), so they are enums, never strings typed at the call site, and a value is never
+renamed without updating ``deploy/``. This module imports nothing of the gateway: every layer may
+use it.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class Outcome(enum.StrEnum):
+    """How a call ended: the ``outcome`` label of ``gateway_calls_ended_total``."""
+
+    COMPLETED = "completed"  # Twilio sent `stop` or hung up
+    NO_START = "no_start"  # the socket closed before `start`
+    REJECTED_TOKEN = "rejected_token"  # noqa: S105 - a label: `start` without a valid, unused call token
+    TWILIO_PROTOCOL_ERROR = "twilio_protocol_error"
+    TWILIO_SILENT = "twilio_silent"  # no media for SILENCE_TIMEOUT_S: a half-open socket
+    UPSTREAM_ERROR = "upstream_error"
+    DRAIN_TIMEOUT = "drain_timeout"
+    SHUTDOWN = "shutdown"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the gateway sends (RFC 6455 §7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # shutdown, drain, a peer that went silent
+    POLICY_VIOLATION = 1008  # protocol violation, bad call token
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # the other leg failed
+
+
+class EndReason(enum.StrEnum):
+    """Why the gateway ended a call: the log line and the WebSocket close reason.
+
+    Each reason maps to exactly one outcome and close code (``END_REASONS``), so the three can
+    never disagree.
+    """
+
+    TWILIO_STOP = "twilio_stop"
+    TWILIO_DISCONNECTED = "twilio_disconnected"
+    TWILIO_GONE_BEFORE_START = "twilio_gone_before_start"
+    TWILIO_PROTOCOL_ERROR = "twilio_protocol_error"
+    CALL_TOKEN_REJECTED = "call_token_rejected"  # noqa: S105 - a label, not a secret
+    TWILIO_SILENT = "twilio_silent"
+    UPSTREAM_FAILED = "upstream_failed"
+    DRAIN_TIMEOUT = "drain_timeout"
+    SHUTDOWN = "shutdown"
+
+    @property
+    def outcome(self) -> Outcome:
+        return END_REASONS[self][0]
+
+    @property
+    def close_code(self) -> CloseCode:
+        return END_REASONS[self][1]
+
+
+END_REASONS: dict[EndReason, tuple[Outcome, CloseCode]] = {
+    EndReason.TWILIO_STOP: (Outcome.COMPLETED, CloseCode.NORMAL),
+    EndReason.TWILIO_DISCONNECTED: (Outcome.COMPLETED, CloseCode.NORMAL),
+    EndReason.TWILIO_GONE_BEFORE_START: (Outcome.NO_START, CloseCode.NORMAL),
+    EndReason.TWILIO_PROTOCOL_ERROR: (Outcome.TWILIO_PROTOCOL_ERROR, CloseCode.POLICY_VIOLATION),
+    EndReason.CALL_TOKEN_REJECTED: (Outcome.REJECTED_TOKEN, CloseCode.POLICY_VIOLATION),
+    EndReason.TWILIO_SILENT: (Outcome.TWILIO_SILENT, CloseCode.GOING_AWAY),
+    EndReason.UPSTREAM_FAILED: (Outcome.UPSTREAM_ERROR, CloseCode.INTERNAL_ERROR),
+    EndReason.DRAIN_TIMEOUT: (Outcome.DRAIN_TIMEOUT, CloseCode.GOING_AWAY),
+    EndReason.SHUTDOWN: (Outcome.SHUTDOWN, CloseCode.GOING_AWAY),
+}
+
+
+class Trigger(enum.StrEnum):
+    """What asked for a barge-in: the ``trigger`` label of ``gateway_interrupts_total``."""
+
+    SPEECH_STARTED = "speech_started"  # the model's VAD heard the caller
+    CONTROL_API = "control_api"  # POST /calls/{sid}/interrupt
+    API = "api"  # Call.interrupt() from Python
+
+
+class RejectReason(enum.StrEnum):
+    """Why a new call was refused: the ``reason`` label of ``gateway_rejected_calls_total``."""
+
+    DRAINING = "draining"
+    CAPACITY = "capacity"
+    BAD_SIGNATURE = "bad_signature"
+
+
+class TwilioViolation(enum.StrEnum):
+    """Kinds of invalid input on the Twilio media socket (``protocol_errors{side="twilio"}``)."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_MEDIA = "invalid_media"
+    INVALID_EVENT = "invalid_event"
+    INVALID_MARK = "invalid_mark"
+    INVALID_START = "invalid_start"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    DUPLICATE_START = "duplicate_start"
+    BEFORE_START = "before_start"
+    WRONG_STREAM_SID = "wrong_stream_sid"
+    BINARY_FRAME = "binary_frame"
+    OVERSIZED_FRAME = "oversized_frame"
+    NO_START = "no_start"  # no `start` within START_TIMEOUT_S
+    UNKNOWN_EVENT = "unknown_event"  # counted, not fatal: Twilio adds events over time
+
+
+class TokenRejection(enum.StrEnum):
+    """Why a call token in `start` was refused (counted as ``call_token_<value>``)."""
+
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    BAD_MAC = "bad_mac"
+    EXPIRED = "expired"
+    REPLAYED = "replayed"
+
+
+class UpstreamFailure(enum.StrEnum):
+    """Why the upstream session could not go on (``gateway_upstream_errors_total{code}``).
+
+    The same label also carries the ``code`` of the server's own ``error`` events, an open set
+    of strings chosen by the server.
+    """
+
+    CONNECT_FAILED = "connect_failed"
+    CONNECT_TIMEOUT = "connect_timeout"
+    TLS = "tls"
+    HANDSHAKE = "handshake"  # the WebSocket upgrade was refused (401, 403, 5xx)
+    CLOSED = "closed"  # the server closed or the connection was lost mid-call
+    SESSION_REJECTED = "session_rejected"  # our session.update was refused
+    PROTOCOL = "protocol"  # an invalid server message (``protocol_errors{side="upstream"}``)
+
+
+class UpstreamViolation(enum.StrEnum):
+    """Kinds of invalid input on the upstream socket (``protocol_errors{side="upstream"}``)."""
+
+    INVALID_MESSAGE = "invalid_message"  # not a JSON object with a string `type`: fatal
+    INVALID_AUDIO = "invalid_audio"  # an output-audio delta the fast path rejected: fatal
+    INVALID_FIELDS = "invalid_fields"  # a known event with ill-typed fields: counted, skipped
+    BINARY_FRAME = "binary_frame"

@@ -1,0 +1,167 @@
+"""The one module that uses picows beyond its documented API.
+
+picows is the fastest WebSocket implementation we measured, but two things the gateway needs are
+not in its public API:
+
+* **Serving on a port shared with aiohttp.** ``picows.ws_create_server`` owns its listening
+  socket; the one-port dispatcher (``server.PortDispatcher``) needs a picows *protocol* to hand
+  an already accepted connection to. ``server_protocol_factory`` builds one exactly as
+  ``ws_create_server`` does internally (``picows.picows.WSProtocol``, positional arguments,
+  unchanged from picows 2.0 to 2.3).
+* **Several messages in one socket write.** ``WSTransport.send`` writes one frame per call; a
+  media message and its mark go out together through the public ``underlying_transport`` with the
+  gateway's own RFC 6455 server framing (``text_frame_header``).
+
+Everything else (``ws_connect``, ``WSListener``, ``WSTransport``, frames) is public API used
+directly by the adapters. ``check_picows`` runs at import: an incompatible picows fails loudly
+here, naming the tested range, instead of misbehaving mid-call (``tests/gateway/test_picows_adapter.py``).
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+from collections.abc import Callable
+from typing import Any, TypedDict
+
+from picows import WSAutoPingStrategy, WSCloseCode, WSMsgType, WSTransport, WSUpgradeRequest
+from picows.picows import WSProtocol  # type: ignore[attr-defined]  # internal: absent from picows' stubs
+
+TESTED_PICOWS = ((2, 0), (2, 4))  # [first, end) minor versions the tests passed with
+PICOWS_VERSION = importlib.metadata.version("picows")
+
+# aiofastnet (picows's TLS transport when installed) gives each connection two static BIOs of 16
+# TLS records (2 x 257 KiB of address space, first pages resident). One record each is enough
+# for a stream of small messages (a larger write is sent in several record-sized pieces);
+# 16 KiB + 64 is aiofastnet's minimum plus one record's overhead.
+TLS_BIO_BYTES = 16 * 1024 + 64
+
+ListenerFactory = Callable[[WSUpgradeRequest], Any]
+
+
+class IncompatiblePicowsError(RuntimeError):
+    """The installed picows is not one this module was written and tested for."""
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")[:2]
+    return int(major), int(minor)
+
+
+def check_picows(version: str | None = None) -> None:
+    """Fail loudly unless picows is within ``TESTED_PICOWS`` (at import of this module)."""
+    version = version or PICOWS_VERSION
+    first, end = TESTED_PICOWS
+    if not first <= _version(version) < end:
+        raise IncompatiblePicowsError(
+            f"picows {version} is outside the tested range {first[0]}.{first[1]} <= v < {end[0]}.{end[1]}; "
+            "gateway/picows_adapter.py builds picows' internal WSProtocol: re-check it and widen the range"
+        )
+
+
+def check_server_protocol(factory: Callable[[], asyncio.BufferedProtocol]) -> None:
+    """Build one protocol (needs a running loop) so a changed WSProtocol fails at start, not mid-call."""
+    try:
+        protocol = factory()
+    except TypeError as exc:
+        raise IncompatiblePicowsError(f"picows {PICOWS_VERSION}: WSProtocol signature changed ({exc})") from exc
+    if not isinstance(protocol, asyncio.BufferedProtocol):
+        raise IncompatiblePicowsError(f"picows {PICOWS_VERSION}: WSProtocol is no longer a BufferedProtocol")
+
+
+def _build(factory: ListenerFactory, logger: logging.Logger, max_frame_size: int, read_buffer_size: int,
+           handshake_timeout_s: float) -> asyncio.BufferedProtocol:
+    # The arguments picows.ws_create_server passes, in its order.
+    protocol: asyncio.BufferedProtocol = WSProtocol(
+        None,  # host:port (client side only)
+        None,  # path (client side only)
+        False,  # is_client_side
+        factory,
+        logger,
+        True,  # disconnect_on_exception: a bug in one call's callback closes only that call
+        handshake_timeout_s,
+        False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,  # no auto ping (Twilio streams media)
+        True,  # auto pong
+        max_frame_size,
+        None,  # extra headers (client side only)
+        read_buffer_size,
+    )
+    return protocol
+
+
+def server_protocol_factory(factory: ListenerFactory, *, logger: logging.Logger, max_frame_size: int,
+                            read_buffer_size: int, handshake_timeout_s: float = 5.0,
+                            ) -> Callable[[], asyncio.BufferedProtocol]:
+    """A protocol factory for accepted connections, as ``picows.ws_create_server`` would build."""
+
+    def protocol() -> asyncio.BufferedProtocol:
+        return _build(factory, logger, max_frame_size, read_buffer_size, handshake_timeout_s)
+
+    return protocol
+
+
+class TLSBuffers(TypedDict, total=False):
+    ssl_incoming_bio_size: int
+    ssl_outgoing_bio_size: int
+
+
+def tls_buffer_options(secure: bool) -> TLSBuffers:
+    """``ws_connect`` keyword arguments that shrink aiofastnet's TLS buffers (memory per call)."""
+    if not secure:
+        return {}
+    return {"ssl_incoming_bio_size": TLS_BIO_BYTES, "ssl_outgoing_bio_size": TLS_BIO_BYTES}
+
+
+class WSSender:
+    """What a call sends through: text messages and a close, over a picows transport."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: WSTransport) -> None:
+        self._transport = transport
+
+    def send(self, data: bytes) -> None:
+        self._transport.send(WSMsgType.TEXT, data)
+
+    def send_many(self, *messages: bytes) -> None:
+        for data in messages:
+            self._transport.send(WSMsgType.TEXT, data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        transport = self._transport
+        if not transport.is_close_frame_sent:
+            transport.send_close(WSCloseCode(code), reason.encode())
+        transport.disconnect()
+
+
+class ServerWSSender(WSSender):
+    """The server side of a socket (Twilio's leg): several messages go out in one write.
+
+    A socket write is the dominant cost per message (a system call, and on loopback the receiver's
+    TCP processing too), and every assistant chunk is two messages (media + its mark). Server
+    frames are never masked (RFC 6455 §5.1), so the framing is a 2-10 byte header.
+    """
+
+    __slots__ = ()
+
+    def send_many(self, *messages: bytes) -> None:
+        transport = self._transport
+        if transport.is_close_frame_sent or transport.is_disconnected:
+            return  # as picows does: nothing may follow a close frame
+        parts: list[bytes] = []
+        for data in messages:
+            parts.append(text_frame_header(len(data)))
+            parts.append(data)
+        transport.underlying_transport.writelines(parts)
+
+
+def text_frame_header(length: int) -> bytes:
+    """FIN + text opcode, unmasked, with the RFC 6455 §5.2 payload length encoding."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
+check_picows()
