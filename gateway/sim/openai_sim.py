@@ -546,23 +546,28 @@ class SimSession(WSListener):
         if self._both_modalities(update, "session.output_modalities", event_id):
             return
         cfg = self.session_config
-        audio = update.get("audio") or {}
-        voice = (audio.get("output") or {}).get("voice")
+        # The SDK types let every setting be null. Null switches turn_detection, transcription and
+        # noise_reduction off; a null format or output_modalities is no setting at all, so it is
+        # ignored like an omitted key (storing it broke the session: formats and responses need one).
+        audio = {side: {key: value for key, value in (settings or {}).items() if value is not None or key != "format"}
+                 for side, settings in (update.get("audio") or {}).items()}
+        voice = audio.get("output", {}).get("voice")
         if voice is not None and voice != cfg["audio"]["output"]["voice"] and self._audio_responses:
             self._send_error("cannot_update_voice", "Cannot update a conversation's voice if assistant audio is "
                              "present.", "session.audio.output.voice", event_id)
             return
         for key, value in update.items():
-            if key not in ("audio", "model", "type"):  # the model comes from the URL
-                cfg[key] = value
-        for side in ("input", "output"):
-            for key, value in (audio.get(side) or {}).items():
+            if key not in ("audio", "model", "type") and (value is not None or key != "output_modalities"):
+                cfg[key] = value  # the model comes from the URL
+        for side, settings in audio.items():
+            for key, value in settings.items():
                 if key == "format":
-                    value = _audio_format(value)
+                    cfg["audio"][side][key] = _audio_format(value)
                 elif key == "turn_detection" and value is not None:
-                    value = _turn_detection(value)
-                cfg["audio"][side][key] = value
-        if {"format", "turn_detection"} & set(audio.get("input") or {}):
+                    cfg["audio"][side][key] = _turn_detection(value)
+                else:
+                    cfg["audio"][side][key] = value
+        if {"format", "turn_detection"} & set(audio.get("input", {})):
             self._vad_resync()
         self._send("session.updated", session=cfg)
 
