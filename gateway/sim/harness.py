@@ -8,7 +8,10 @@ interrupted responses played, protocol violations on both sides.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ssl
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,10 +83,24 @@ class Stack:
         self.gateway: Gateway | None = None
         self.twilio: TwilioSim | None = None
         self.settings: Settings | None = None
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None  # CA + server key, removed on exit
 
     async def __aenter__(self) -> Stack:
+        try:
+            await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the start failure is what matters
+                await self.__aexit__()
+            raise
+        return self
+
+    async def _start(self) -> None:
         cfg = self.config
-        ssl_ctx, ca_file = make_self_signed_tls() if cfg.tls else (None, "")
+        ssl_ctx: ssl.SSLContext | None = None
+        ca_file = ""
+        if cfg.tls:
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="sim-tls-")
+            ssl_ctx, ca_file = make_self_signed_tls(self._tls_dir.name)
         upstream_url = await self.openai.start(ssl_context=ssl_ctx)
         values: dict[str, Any] = dict(
             host="127.0.0.1", port=0, public_url=PUBLIC_URL, upstream_url=upstream_url,
@@ -100,7 +117,6 @@ class Stack:
             auth_token=AUTH_TOKEN, latency_ms=cfg.latency_ms, jitter_ms=cfg.jitter_ms, seed=cfg.seed,
             record_payloads=cfg.record,
         ))
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.twilio is not None:
@@ -108,6 +124,9 @@ class Stack:
         if self.gateway is not None:
             await self.gateway.stop()
         await self.openai.stop()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+            self._tls_dir = None
 
     @property
     def base_url(self) -> str:
