@@ -25,7 +25,8 @@ from .twilio_script import CallScript
 from .twilio_sim import TwilioCall, TwilioSim, TwilioSimConfig
 
 PUBLIC_URL = "https://gateway.example.test"
-AUTH_TOKEN = "sim-auth-token"
+AUTH_TOKEN = "sim-auth-token"  # noqa: S105 - loopback test token shared by the simulator and the gateway
+CONTROL_TOKEN = "demo-control-token"  # noqa: S105 - loopback test token of the control API
 
 
 @dataclass
@@ -102,12 +103,12 @@ class Stack:
             self._tls_dir = tempfile.TemporaryDirectory(prefix="sim-tls-")
             ssl_ctx, ca_file = make_self_signed_tls(self._tls_dir.name)
         upstream_url = await self.openai.start(ssl_context=ssl_ctx)
-        values: dict[str, Any] = dict(
-            host="127.0.0.1", port=0, public_url=PUBLIC_URL, upstream_url=upstream_url,
-            openai_api_key=self.openai.config.api_key, upstream_ca_file=ca_file,
-            audio_mode=cfg.audio_mode, twilio_auth_token=AUTH_TOKEN, control_token="demo-control-token",
-            twilio_latency_ms=cfg.latency_ms,
-        )
+        values: dict[str, Any] = {
+            "host": "127.0.0.1", "port": 0, "public_url": PUBLIC_URL, "upstream_url": upstream_url,
+            "openai_api_key": self.openai.config.api_key, "upstream_ca_file": ca_file,
+            "audio_mode": cfg.audio_mode, "twilio_auth_token": AUTH_TOKEN, "control_token": CONTROL_TOKEN,
+            "twilio_latency_ms": cfg.latency_ms,
+        }
         values.update(cfg.settings)
         self.settings = Settings.from_env({}, **values)
         self.gateway = Gateway(self.settings)
