@@ -8,7 +8,10 @@ interrupted responses played, protocol violations on both sides.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ssl
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +25,8 @@ from .twilio_script import CallScript
 from .twilio_sim import TwilioCall, TwilioSim, TwilioSimConfig
 
 PUBLIC_URL = "https://gateway.example.test"
-AUTH_TOKEN = "sim-auth-token"
+AUTH_TOKEN = "sim-auth-token"  # noqa: S105 - loopback test token shared by the simulator and the gateway
+CONTROL_TOKEN = "demo-control-token"  # noqa: S105 - loopback test token of the control API
 
 
 @dataclass
@@ -80,17 +84,31 @@ class Stack:
         self.gateway: Gateway | None = None
         self.twilio: TwilioSim | None = None
         self.settings: Settings | None = None
+        self._tls_dir: tempfile.TemporaryDirectory[str] | None = None  # CA + server key, removed on exit
 
     async def __aenter__(self) -> Stack:
+        try:
+            await self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the start failure is what matters
+                await self.__aexit__()
+            raise
+        return self
+
+    async def _start(self) -> None:
         cfg = self.config
-        ssl_ctx, ca_file = make_self_signed_tls() if cfg.tls else (None, "")
+        ssl_ctx: ssl.SSLContext | None = None
+        ca_file = ""
+        if cfg.tls:
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="sim-tls-")
+            ssl_ctx, ca_file = make_self_signed_tls(self._tls_dir.name)
         upstream_url = await self.openai.start(ssl_context=ssl_ctx)
-        values: dict[str, Any] = dict(
-            host="127.0.0.1", port=0, public_url=PUBLIC_URL, upstream_url=upstream_url,
-            openai_api_key=self.openai.config.api_key, upstream_ca_file=ca_file,
-            audio_mode=cfg.audio_mode, twilio_auth_token=AUTH_TOKEN, control_token="demo-control-token",
-            twilio_latency_ms=cfg.latency_ms,
-        )
+        values: dict[str, Any] = {
+            "host": "127.0.0.1", "port": 0, "public_url": PUBLIC_URL, "upstream_url": upstream_url,
+            "openai_api_key": self.openai.config.api_key, "upstream_ca_file": ca_file,
+            "audio_mode": cfg.audio_mode, "twilio_auth_token": AUTH_TOKEN, "control_token": CONTROL_TOKEN,
+            "twilio_latency_ms": cfg.latency_ms,
+        }
         values.update(cfg.settings)
         self.settings = Settings.from_env({}, **values)
         self.gateway = Gateway(self.settings)
@@ -100,7 +118,6 @@ class Stack:
             auth_token=AUTH_TOKEN, latency_ms=cfg.latency_ms, jitter_ms=cfg.jitter_ms, seed=cfg.seed,
             record_payloads=cfg.record,
         ))
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.twilio is not None:
@@ -108,6 +125,9 @@ class Stack:
         if self.gateway is not None:
             await self.gateway.stop()
         await self.openai.stop()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
+            self._tls_dir = None
 
     @property
     def base_url(self) -> str:

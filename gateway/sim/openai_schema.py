@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import pydantic
 from openai.types.realtime.realtime_client_event import RealtimeClientEvent
@@ -36,7 +37,8 @@ def _adapter(schema: Any = RealtimeClientEvent) -> pydantic.TypeAdapter[Any]:
     if isinstance(schema, type):
         return pydantic.TypeAdapter(schema)
     members = typing.get_args(typing.get_args(schema)[0])
-    return pydantic.TypeAdapter(Annotated[Union[members], pydantic.Field(discriminator="type")])
+    union: Any = functools.reduce(operator.or_, members)  # the same union again, from its runtime members
+    return pydantic.TypeAdapter(Annotated[union, pydantic.Field(discriminator="type")])
 
 
 @functools.cache

@@ -22,12 +22,22 @@ import ssl
 import string
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import orjson
-from picows import (WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, WSUpgradeResponse,
-                    WSUpgradeResponseWithListener, ws_create_server)
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
 
 from gateway.sim.openai_audio import BYTES_PER_MS, AudioBank, audio_bank, frame_rms
 from gateway.sim.openai_schema import validate_client_event
@@ -206,15 +216,33 @@ class _Stream:
     ``words_sent``, ``chunks_sent`` and the delta template ``mid`` belong to the current item.
     """
 
-    __slots__ = ("record", "item", "items", "index", "remaining", "format", "modalities", "conversation", "words",
-                 "words_sent", "words_done", "chunks_sent", "next_due", "cancel_countdown", "cancel_reason", "head",
-                 "mid", "metadata", "voice")
+    __slots__ = (
+        "cancel_countdown",
+        "cancel_reason",
+        "chunks_sent",
+        "conversation",
+        "format",
+        "head",
+        "index",
+        "item",
+        "items",
+        "metadata",
+        "mid",
+        "modalities",
+        "next_due",
+        "record",
+        "remaining",
+        "voice",
+        "words",
+        "words_done",
+        "words_sent",
+    )
+    item: AssistantItem  # the current item: _start_item sets it right after the stream is created
 
     def __init__(self, record: ResponseRecord, fmt: dict[str, Any], voice: Any, modalities: list[str],
                  conversation: bool, n_items: int, metadata: Any) -> None:
         self.record, self.format, self.voice = record, fmt, voice
         self.modalities, self.conversation, self.metadata = modalities, conversation, metadata
-        self.item: AssistantItem | None = None
         self.items: list[AssistantItem] = []
         self.index = -1
         self.remaining = max(1, n_items)
@@ -299,8 +327,9 @@ class SimSession(WSListener):
         self.transport: WSTransport | None = None
         self.session_id = sim._new_id("sess_")
         self.conversation_id = sim._new_id("conv_")
-        loop = sim._loop
-        self._loop, self._cfg, self._pacer = loop, cfg, sim._pacer
+        loop, pacer = sim._loop, sim._pacer
+        assert loop is not None and pacer is not None, "sessions exist only while the simulator runs"
+        self._loop, self._cfg, self._pacer = loop, cfg, pacer
         self.connected_at: float = loop.time()
         self.session_config: dict[str, Any] = self._default_session()
         # What the client did.
@@ -433,13 +462,13 @@ class SimSession(WSListener):
             return
         self._fragments += frame.get_payload_as_memoryview()
         if frame.fin:
-            data, kind, self._fragments = bytes(self._fragments), self._fragment_type, None
-            if kind is _TEXT:
+            data, msg_type, self._fragments = bytes(self._fragments), self._fragment_type, None
+            if msg_type is _TEXT:
                 self._on_text(data)
             else:
                 self._on_binary()
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
+    def on_ws_disconnected(self, _transport: WSTransport) -> None:
         self.disconnected_at = self._loop.time()
         if not self._closing:
             self.client_closed = True
@@ -519,7 +548,7 @@ class SimSession(WSListener):
             self._violation(f"{type_}: " + "; ".join(e.message for e in errors))
             self._send_error(errors[0].code, errors[0].message, errors[0].param, event_id)
             return
-        self._HANDLERS[type_](self, event, event_id, now)
+        self._HANDLERS[event["type"]](self, event, event_id, now)  # a valid event: a known type
 
     # ---------------------------------------------------------------- session
 
@@ -537,7 +566,7 @@ class SimSession(WSListener):
             },
         }
 
-    def _on_session_update(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
+    def _on_session_update(self, event: dict[str, Any], event_id: str | None, _now: float) -> None:
         update = event["session"]
         if update["type"] != "realtime":
             self._send_error("invalid_value", "Cannot change the session type of a realtime session to "
@@ -546,23 +575,28 @@ class SimSession(WSListener):
         if self._both_modalities(update, "session.output_modalities", event_id):
             return
         cfg = self.session_config
-        audio = update.get("audio") or {}
-        voice = (audio.get("output") or {}).get("voice")
+        # The SDK types let every setting be null. Null switches turn_detection, transcription and
+        # noise_reduction off; a null format or output_modalities is no setting at all, so it is
+        # ignored like an omitted key (storing it broke the session: formats and responses need one).
+        audio = {side: {key: value for key, value in (settings or {}).items() if value is not None or key != "format"}
+                 for side, settings in (update.get("audio") or {}).items()}
+        voice = audio.get("output", {}).get("voice")
         if voice is not None and voice != cfg["audio"]["output"]["voice"] and self._audio_responses:
             self._send_error("cannot_update_voice", "Cannot update a conversation's voice if assistant audio is "
                              "present.", "session.audio.output.voice", event_id)
             return
         for key, value in update.items():
-            if key not in ("audio", "model", "type"):  # the model comes from the URL
-                cfg[key] = value
-        for side in ("input", "output"):
-            for key, value in (audio.get(side) or {}).items():
+            if key not in ("audio", "model", "type") and (value is not None or key != "output_modalities"):
+                cfg[key] = value  # the model comes from the URL
+        for side, settings in audio.items():
+            for key, value in settings.items():
                 if key == "format":
-                    value = _audio_format(value)
+                    cfg["audio"][side][key] = _audio_format(value)
                 elif key == "turn_detection" and value is not None:
-                    value = _turn_detection(value)
-                cfg["audio"][side][key] = value
-        if {"format", "turn_detection"} & set(audio.get("input") or {}):
+                    cfg["audio"][side][key] = _turn_detection(value)
+                else:
+                    cfg["audio"][side][key] = value
+        if {"format", "turn_detection"} & set(audio.get("input", {})):
             self._vad_resync()
         self._send("session.updated", session=cfg)
 
@@ -625,6 +659,7 @@ class SimSession(WSListener):
         self._vad_pos_ms = end_ms = start_ms + 20
         loud = frame_rms(self._in_fmt, frame) >= self._vad_threshold_rms
         td = self._td
+        assert td is not None  # _on_append runs the VAD only with turn detection on
         if not self._speaking:
             if not loud:
                 self._loud_run_ms = 0
@@ -653,6 +688,7 @@ class SimSession(WSListener):
 
     def _speech_stopped(self, td: dict[str, Any], end_ms: float) -> None:
         item_id, start_ms = self._speech_item_id, self._speech_start_ms
+        assert item_id is not None  # set by _speech_started
         self._vad_reset()
         self.speech_stopped_at.append(self._loop.time())
         self._send("input_audio_buffer.speech_stopped", audio_end_ms=int(end_ms), item_id=item_id)
@@ -681,7 +717,7 @@ class SimSession(WSListener):
                        transcript="Hello, I'm calling about my order.",
                        usage={"type": "duration", "seconds": round((end_ms - start_ms) / 1000, 3)})
 
-    def _on_commit(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
+    def _on_commit(self, _event: dict[str, Any], event_id: str | None, _now: float) -> None:
         buffered = self.input_ms - self._buffer_start_ms
         if buffered < 100:
             self._send_error("input_audio_buffer_commit_empty", "Error committing input audio buffer: buffer too "
@@ -691,14 +727,14 @@ class SimSession(WSListener):
         self._vad_reset()
         self._commit(self.sim._new_id("item_"), self._buffer_start_ms, self.input_ms, by_vad=False)
 
-    def _on_clear(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
+    def _on_clear(self, _event: dict[str, Any], _event_id: str | None, _now: float) -> None:
         self._buffer_start_ms = self.input_ms
         self._vad_reset()
         self._send("input_audio_buffer.cleared")
 
     # ---------------------------------------------------------------- responses
 
-    def _on_response_create(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
+    def _on_response_create(self, event: dict[str, Any], event_id: str | None, _now: float) -> None:
         params = event.get("response") or {}
         if self._both_modalities(params, "response.output_modalities", event_id):
             return
@@ -747,7 +783,7 @@ class SimSession(WSListener):
             self._audio_responses += 1
         else:
             item = AssistantItem(item_id, record.response_id, "", 0, now)
-        if stream.item is not None:
+        if stream.items:  # not the first item: count the words of the one it follows
             stream.words_done += stream.words_sent
         stream.item, stream.index, stream.remaining = item, len(stream.items), stream.remaining - 1
         stream.items.append(item)
@@ -790,6 +826,7 @@ class SimSession(WSListener):
         """One ``response.output_audio.delta`` (from a byte template) + its transcript share; True at the end."""
         item = stream.item
         bank = item._bank
+        assert bank is not None  # audio items always have one
         n = min(bank.chunk_bytes, item.planned_bytes - item.delivered_bytes)
         self._event_n += 1
         self._write("response.output_audio.delta", b"".join((
@@ -819,6 +856,7 @@ class SimSession(WSListener):
         item = stream.item
         inflight = self._cfg.inflight_deltas_after_cancel
         if item.output_format:
+            assert item._bank is not None  # audio items always have one
             item.generated_bytes = min(item.planned_bytes, item.delivered_bytes + inflight * item._bank.chunk_bytes)
         stream.cancel_reason = "turn_detected"
         stream.cancel_countdown = inflight
@@ -890,8 +928,8 @@ class SimSession(WSListener):
         elif item is None or not item.output_format or item.generated_bytes == 0:
             error = ("unsupported_content_type", "Only model output audio messages can be truncated", "item_id")
         elif index != 0:
-            error = ("invalid_value", f"Invalid 'content_index': {index}. The item has a single content part, "
-                     "index 0.", "content_index")
+            error = ("invalid_value", (f"Invalid 'content_index': {index}. The item has a single content part, "
+                                       "index 0."), "content_index")
         elif end_ms < 0:
             error = ("invalid_value", f"Invalid 'audio_end_ms': {end_ms}. Expected a value >= 0.", "audio_end_ms")
         elif end_ms > item.audio_ms:
@@ -901,20 +939,21 @@ class SimSession(WSListener):
         if error is not None:
             self._send_error(error[0], error[1], error[2], event_id)
             return
+        assert item is not None  # no error: an assistant audio item
         item.truncated_ms = end_ms
         content = self._conversation[item_id]["content"]
         if content:
             content[0]["transcript"] = ""  # the server forgets what the caller never heard
         self._send("conversation.item.truncated", item_id=item_id, content_index=index, audio_end_ms=end_ms)
 
-    def _on_item_delete(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
+    def _on_item_delete(self, event: dict[str, Any], event_id: str | None, _now: float) -> None:
         item_id = event["item_id"]
         if self._conversation.pop(item_id, None) is None:
             self._send_error("invalid_value", f"Item with item_id '{item_id}' not found.", "item_id", event_id)
             return
         self._send("conversation.item.deleted", item_id=item_id)
 
-    def _on_item_retrieve(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
+    def _on_item_retrieve(self, event: dict[str, Any], event_id: str | None, _now: float) -> None:
         item_id = event["item_id"]
         item = self._conversation.get(item_id)
         if item is None:
@@ -932,7 +971,7 @@ class SimSession(WSListener):
             item["content"][0]["audio"] = binascii.b2a_base64(audio, newline=False).decode()
         self._send("conversation.item.retrieved", item=item)
 
-    def _on_item_create(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
+    def _on_item_create(self, event: dict[str, Any], event_id: str | None, _now: float) -> None:
         item = dict(event["item"])
         if "content" in item:  # copied: the recorded client event must stay as received
             item["content"] = [dict(part) for part in item["content"]]
@@ -964,7 +1003,7 @@ class SimSession(WSListener):
         self._send("conversation.item.added", previous_item_id=previous, item=item)
         self._send("conversation.item.done", previous_item_id=previous, item=item)
 
-    def _on_output_audio_buffer_clear(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
+    def _on_output_audio_buffer_clear(self, _event: dict[str, Any], event_id: str | None, _now: float) -> None:
         self._violation("output_audio_buffer.clear is WebRTC/SIP only; a WebSocket session has no output buffer")
         self._send_error("invalid_value", "output_audio_buffer.clear is only supported for WebRTC and SIP sessions.",
                          "type", event_id)
@@ -1029,7 +1068,7 @@ class SimSession(WSListener):
     def _on_append_event(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
         self._on_append(event["audio"], event_id, now)  # a valid append the fast path did not take
 
-    _HANDLERS: dict[str, Callable[[SimSession, dict[str, Any], str | None, float], None]] = {
+    _HANDLERS: ClassVar[dict[str, Callable[[SimSession, dict[str, Any], str | None, float], None]]] = {
         "session.update": _on_session_update,
         "input_audio_buffer.append": _on_append_event,
         "input_audio_buffer.commit": _on_commit,
@@ -1103,16 +1142,17 @@ class OpenAIRealtimeSim:
         if self._server is None:
             return
         self._server.close()
-        live = [s for s in self.sessions if s.transport is not None and s.disconnected_at is None]
-        for session in live:
+        live = [(s, s.transport) for s in self.sessions if s.transport is not None and s.disconnected_at is None]
+        for session, _ in live:
             session.close(1001, "server shutting down")
         if live:
-            waits = asyncio.gather(*(s.transport.wait_disconnected() for s in live), return_exceptions=True)
+            waits = asyncio.gather(*(transport.wait_disconnected() for _, transport in live), return_exceptions=True)
             try:
                 await asyncio.wait_for(waits, _CLOSE_GRACE_S + 1)
             except TimeoutError:
                 pass
-        self._pacer.close()
+        if self._pacer is not None:
+            self._pacer.close()
         await self._server.wait_closed()
         self._server = None
 
@@ -1126,7 +1166,7 @@ class OpenAIRealtimeSim:
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Test helper: poll ``predicate`` every 5 ms until true; TimeoutError after ``timeout`` s."""
         async with asyncio.timeout(timeout):
-            while not predicate():
+            while not predicate():  # noqa: ASYNC110 - polls any predicate: there is no event to wait on
                 await asyncio.sleep(0.005)
 
     def _new_id(self, prefix: str) -> str:
@@ -1136,6 +1176,7 @@ class OpenAIRealtimeSim:
 
     def _route(self, request: WSUpgradeRequest) -> SimSession | WSUpgradeResponseWithListener | None:
         path, _, query = request.path.decode("latin-1").partition("?")
+        assert self._loop is not None  # upgrades arrive only after start()
         now = self._loop.time()
         if path.rstrip("/") != "/v1/realtime":
             self.rejected.append(RejectedUpgrade(now, path, 404, "unknown path"))

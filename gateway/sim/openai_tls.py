@@ -26,7 +26,7 @@ def make_self_signed_tls(directory: str | None = None) -> tuple[ssl.SSLContext, 
     directory = directory or tempfile.mkdtemp(prefix="sim-tls-")
     ca_file, cert_file, key_file = (os.path.join(directory, n) for n in ("ca.pem", "server.pem", "server.key"))
     try:
-        import cryptography  # noqa: F401
+        import cryptography  # type: ignore[import-not-found, unused-ignore]  # noqa: F401 - optional dependency
     except ImportError:
         _write_with_openssl(directory, ca_file, cert_file, key_file)
     else:
@@ -52,27 +52,28 @@ def _write_with_openssl(directory: str, ca_file: str, cert_file: str, key_file: 
          "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-out", cert_file, "-days", str(_DAYS),
          "-extfile", ext],
     ):
-        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)  # noqa: S603, S607 - fixed argv, openssl from PATH
 
 
 def _write_with_cryptography(ca_file: str, cert_file: str, key_file: str) -> None:
-    import datetime
+    import datetime as dt
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    # Only reached when cryptography is installed (it ships its own types then).
+    from cryptography import x509  # type: ignore[import-not-found, unused-ignore]
+    from cryptography.hazmat.primitives import hashes, serialization  # type: ignore[import-not-found, unused-ignore]
+    from cryptography.hazmat.primitives.asymmetric import ec  # type: ignore[import-not-found, unused-ignore]
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # type: ignore[import-not-found, unused-ignore]
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openai-sim test CA")])
     no_usage = dict.fromkeys(("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
                               "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"), False)
 
-    def builder(subject: x509.Name, public_key: object) -> x509.CertificateBuilder:
+    def builder(subject: x509.Name, public_key: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
         return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=_DAYS))
+                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(days=_DAYS))
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
 
     ca_cert = (builder(ca_name, ca_key.public_key())

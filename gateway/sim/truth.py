@@ -29,7 +29,7 @@ class ItemIndex:
     def __init__(self, items: Mapping[str, bytes]) -> None:
         self._index: dict[bytes, tuple[str, int]] = {}
         for item_id, audio in items.items():
-            for off in range(0, max(0, len(audio) - WINDOW + 1)):
+            for off in range(max(0, len(audio) - WINDOW + 1)):
                 self._index.setdefault(audio[off:off + WINDOW], (item_id, off))
 
     def locate(self, payload: bytes) -> tuple[str, int] | None:
@@ -49,7 +49,7 @@ def heard_bytes_per_item(items: Mapping[str, bytes], heard: Iterable[tuple[bytes
     yields (payload, bytes of it played). Payloads that match no item are ignored.
     """
     index = ItemIndex(items)
-    out: dict[str, int] = {item_id: 0 for item_id in items}
+    out: dict[str, int] = dict.fromkeys(items, 0)
     for payload, played in heard:
         hit = index.locate(payload) if played > 0 else None
         if hit is not None:

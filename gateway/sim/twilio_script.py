@@ -14,7 +14,7 @@ with warnings.catch_warnings():  # stdlib audioop (3.11/3.12) or audioop-lts (3.
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-__all__ = ["CallScript", "Turn", "FRAME_BYTES", "SILENCE_FRAME", "speech_pool"]
+__all__ = ["FRAME_BYTES", "SILENCE_FRAME", "CallScript", "Turn", "speech_pool"]
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law, Twilio's inbound frame size (A.3)
 SILENCE_FRAME = b"\xff" * FRAME_BYTES  # μ-law +0

@@ -21,9 +21,10 @@ import random
 import ssl
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -32,8 +33,7 @@ import picows
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport
 
 from ..twilio.signature import compute_signature
-from .twilio_record import (CallRecord, ClearRecord, HeardChunk, MarkEcho, Outcome, Received,
-                            TurnStart)
+from .twilio_record import CallRecord, ClearRecord, HeardChunk, MarkEcho, Outcome, Received, TurnStart
 from .twilio_script import FRAME_BYTES, POOL_FRAMES, SILENCE_FRAME, CallScript, Turn, speech_pool
 
 __all__ = ["CallRecord", "CallScript", "Outcome", "Turn", "TwilioCall", "TwilioSim", "TwilioSimConfig"]
@@ -62,7 +62,7 @@ class TwilioSimConfig:
     # every public URL (path/query kept, http->ws, https->wss), or {public netloc: base URL}.
     # The public Host header is kept. None = use URLs as given.
     connect_to: str | Mapping[str, str] | None = None
-    auth_token: str = "sim-auth-token"
+    auth_token: str = "sim-auth-token"  # noqa: S105 - the simulator's default test token, no secret
     account_sid: str = "AC5e1d0b6b0a4c4f6e9b8d7c6a5f4e3d2c"
     latency_ms: float = 40.0  # one-way gateway<->Twilio latency, both directions
     jitter_ms: float = 10.0  # uniform ± per message, FIFO order preserved
@@ -97,7 +97,7 @@ class TwilioSim:
     def start_call(self, script: CallScript, call_sid: str | None = None) -> TwilioCall:
         """Start a call in the background and return its live handle (``await call.wait()``)."""
         rng = random.Random(self._rng.getrandbits(64))
-        call = TwilioCall(self, script, call_sid or "CA%032x" % rng.getrandbits(128), rng)
+        call = TwilioCall(self, script, call_sid or f"CA{rng.getrandbits(128):032x}", rng)
         call.task = asyncio.get_running_loop().create_task(call._run())
         return call
 
@@ -132,7 +132,7 @@ class TwilioSim:
             signature = compute_signature(self.config.auth_token, public_url, params)
         url, host = self._route(public_url)
         headers = {"X-Twilio-Signature": signature, "User-Agent": "TwilioProxy/1.1", "Accept": "*/*"}
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if host is not None:
             headers["Host"] = host
             if url.startswith("https:"):
@@ -151,7 +151,8 @@ class TwilioCall(WSListener):
     def __init__(self, sim: TwilioSim, script: CallScript, call_sid: str, rng: random.Random) -> None:
         super().__init__()
         cfg = sim.config
-        self.sim, self.script, self.task = sim, script, None
+        self.sim, self.script = sim, script
+        self.task: asyncio.Task[CallRecord] | None = None  # set by TwilioSim.start_call
         self.record = CallRecord(call_sid=call_sid, account_sid=cfg.account_sid)
         self._loop = asyncio.get_running_loop()
         self._rng = rng
@@ -165,8 +166,8 @@ class TwilioCall(WSListener):
         self._handle: asyncio.TimerHandle | None = None
         self._wake_at = _INF
         self._close_handle: asyncio.TimerHandle | None = None
-        self._callbacks: list[asyncio.Task] = []
-        self._status_cb: tuple[str, str, str] | None = None  # (url, method, StreamName)
+        self._callbacks: list[asyncio.Task[None]] = []
+        self._status_cb: tuple[str, str, str | None] | None = None  # (url, method, StreamName)
         self._fragments: bytearray | None = None
         self._fragments_binary = False
         self._paused = False
@@ -201,12 +202,15 @@ class TwilioCall(WSListener):
         self._armed = 0.0
         self._arm_run = 1  # the armed turn counts heard audio in this run or a later one
         self._speak_end: float | None = None
-        self._speech: deque[tuple[int, int, tuple[bytes, ...]]] = deque()  # (start byte, end byte, pool)
+        # (start byte, end byte, speech_pool(): frames and their base64)
+        self._speech: deque[tuple[int, int, tuple[tuple[bytes, ...], tuple[bytes, ...]]]] = deque()
 
     # ---------------------------------------------------------------- public live-call API
 
     async def wait(self) -> CallRecord:
         """Wait for the end of the call; re-raises simulator/listener errors."""
+        if self.task is None:
+            raise RuntimeError("the call was not started: use TwilioSim.start_call")
         return await asyncio.shield(self.task)
 
     async def wait_started(self) -> bool:
@@ -234,7 +238,7 @@ class TwilioCall(WSListener):
             self._advance(now)
         self._inject(end)
 
-    def _inject(self, action) -> None:
+    def _inject(self, action: Callable[[float], None]) -> None:
         if not self._running:
             raise RuntimeError("the stream is not running")
         now = self._loop.time()
@@ -248,10 +252,11 @@ class TwilioCall(WSListener):
     async def _run(self) -> CallRecord:
         try:
             stream = await self._webhook()
-            if stream is not None and await self._connect(stream):
+            transport = await self._connect(stream) if stream is not None else None
+            if transport is not None:
                 self._begin()
                 await self._done
-                await self._transport.wait_disconnected()  # re-raises listener exceptions
+                await transport.wait_disconnected()  # re-raises listener exceptions
         finally:
             self._stop_timers()
             if self._transport is not None and not self._transport.is_disconnected:
@@ -277,7 +282,7 @@ class TwilioCall(WSListener):
                   "To": script.called, "ToCountry": "US", **script.extra_params}
         try:
             status, body = await self.sim._request("POST", cfg.webhook_url, params)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self._fail_setup(Outcome.WEBHOOK_FAILED, 11200, f"webhook request failed: {exc!r}")
             return None
         rec.http_status, rec.twiml = status, body
@@ -285,7 +290,7 @@ class TwilioCall(WSListener):
             self._fail_setup(Outcome.WEBHOOK_FAILED, 11200, f"webhook returned HTTP {status}")
             return None
         try:
-            root = ET.fromstring(body)
+            root = ET.fromstring(body)  # noqa: S314 - TwiML of the gateway under test, on loopback
         except ET.ParseError as exc:
             self._fail_setup(Outcome.WEBHOOK_FAILED, 12100, f"TwiML parse error: {exc}")
             return None
@@ -309,23 +314,23 @@ class TwilioCall(WSListener):
         rec.outcome = Outcome.NO_STREAM
         return None
 
-    async def _connect(self, stream: ET.Element) -> bool:
-        """Open the media WebSocket the way Twilio does (A.2, A.5.3)."""
+    async def _connect(self, stream: ET.Element) -> WSTransport | None:
+        """Open the media WebSocket the way Twilio does (A.2, A.5.3); None if that failed."""
         cfg, rec = self.sim.config, self.record
         url = stream.get("url") or ""
         if url and not urlsplit(url).scheme:  # relative to the webhook URL
-            url = urlunsplit(("wss",) + urlsplit(urljoin(cfg.webhook_url, url))[1:])
+            url = urlunsplit(("wss", *urlsplit(urljoin(cfg.webhook_url, url))[1:]))
         parts = urlsplit(url)
         if parts.scheme != "wss":
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31922, f"<Stream url> must be wss: {url!r}")
-            return False
+            return None
         if parts.query:
             rec.violations.append((31920, f"query string in <Stream url> not supported, dropped: {url}"))
             url = urlunsplit(parts._replace(query="", fragment=""))
         track = stream.get("track")
         if track not in (None, "inbound_track"):
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31941, f"track={track!r} on <Connect><Stream>")
-            return False
+            return None
         rec.stream_url = url
         rec.custom_parameters = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
         if stream.get("statusCallback"):
@@ -337,7 +342,7 @@ class TwilioCall(WSListener):
         if cfg.offer_subprotocol:
             headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
         target, host = self.sim._route(url)
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if host is not None:
             headers["Host"] = host
             if target.startswith("wss:"):
@@ -349,30 +354,30 @@ class TwilioCall(WSListener):
         except picows.WSHandshakeError as exc:
             rec.http_status = int(exc.response.status) if exc.response is not None else None
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31920, f"upgrade failed: {exc}")
-            return False
-        except asyncio.TimeoutError:
+            return None
+        except TimeoutError:
             rec.http_status = None
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31901, "WebSocket connection timeout")
-            return False
+            return None
         except OSError as exc:
             rec.http_status = None
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31920, f"cannot connect: {exc!r}")
-            return False
+            return None
         self._transport = transport
         selected = transport.response.headers.get("Sec-WebSocket-Protocol")
         if selected is not None and not (cfg.offer_subprotocol and selected == SUBPROTOCOL):
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31920, f"server selected subprotocol {selected!r}, not offered")
             transport.disconnect()
             await transport.wait_disconnected()
-            return False
+            return None
         rec.subprotocol = selected
-        return True
+        return transport
 
     def _begin(self) -> None:
         """Stream start: ``connected`` + ``start`` now, then media frames on the 20 ms grid."""
         now = self._loop.time()
         rec, cfg, script = self.record, self.sim.config, self.script
-        self._sid = rec.stream_sid = "MZ%032x" % self._rng.getrandbits(128)
+        self._sid = rec.stream_sid = f"MZ{self._rng.getrandbits(128):032x}"
         self._t0 = rec.stream_started_at = now
         self._media_tmpl = (b'{"event":"media","sequenceNumber":"%d","media":{"track":"inbound",'
                             b'"chunk":"%d","timestamp":"%d","payload":"%b"},"streamSid":"'
@@ -405,12 +410,12 @@ class TwilioCall(WSListener):
         url, method, name = self._status_cb
         params = {"AccountSid": self.record.account_sid, "CallSid": self.record.call_sid,
                   "StreamSid": self._sid, "StreamName": name or self._sid, "StreamEvent": event,
-                  "Timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+                  "Timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")}
 
         async def post() -> None:
             try:
                 status, _ = await self.sim._request(method, url, params)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 status = None
             self.record.status_callbacks.append((event, status))
         self._callbacks.append(self._loop.create_task(post()))
@@ -424,23 +429,20 @@ class TwilioCall(WSListener):
               jitter: float | None = None) -> None:
         """Queue a message produced at Twilio time ``gen`` for delivery after latency ± jitter."""
         due = gen + self._lat + (self._draw() if jitter is None else jitter)
-        if due < gen:
-            due = gen
-        if due < self._last_out:
-            due = self._last_out
+        due = max(due, gen, self._last_out)  # never before production, FIFO
         self._last_out = due
         self._outq.append((due, data, tag, binary))
 
     def _flush(self, now: float) -> None:
         """Write every queued message that is due."""
         q, tr, rec = self._outq, self._transport, self.record
+        assert tr is not None  # messages are queued only once the socket is open
         while q and q[0][0] <= now:
             due, data, tag, binary = q.popleft()
             lag = now - due
             if lag > 0.02:
                 rec.late_sends += 1
-            if lag * 1000 > rec.max_lag_ms:
-                rec.max_lag_ms = lag * 1000
+            rec.max_lag_ms = max(rec.max_lag_ms, lag * 1000)
             if tag.__class__ is bytes:  # caller media frame
                 if self._paused:  # the gateway is not reading: Twilio drops audio (31930)
                     if not rec.violations or rec.violations[-1][0] != 31930:
@@ -460,7 +462,7 @@ class TwilioCall(WSListener):
                 tr.disconnect(False)
             else:
                 tr.send(WSMsgType.BINARY if binary else WSMsgType.TEXT, data)
-                if tag is not None:
+                if isinstance(tag, MarkEcho):  # else None: raw data (send_raw)
                     tag.echoed_at = now
 
     def _wake(self) -> None:
@@ -474,7 +476,8 @@ class TwilioCall(WSListener):
             self._schedule_next()
         except BaseException as exc:  # surface simulator bugs from place_call()
             self._error = exc
-            self._transport.disconnect(False)
+            if self._transport is not None:
+                self._transport.disconnect(False)
             raise
 
     def _schedule_next(self) -> None:
@@ -531,7 +534,7 @@ class TwilioCall(WSListener):
             else:
                 self._end(n)
 
-    def _apply(self, e: float, kind: int, obj) -> None:
+    def _apply(self, e: float, kind: int, obj: Any) -> None:  # obj: HeardChunk, MarkEcho or ClearRecord by kind
         """An outbound gateway message takes effect at Twilio time ``e`` (A.4 playout)."""
         if kind == _MEDIA:
             if self._play_end <= e:  # audio on an empty buffer: a new segment, maybe a new run
@@ -559,8 +562,7 @@ class TwilioCall(WSListener):
             pending, self._pending = self._pending, deque()
             for _, mark in pending:
                 self._echo_mark(mark, e, True)
-            if self._play_end > e:
-                self._play_end = e
+            self._play_end = min(self._play_end, e)
             self._run_over = True
             self.record.clears.append(obj)
 
@@ -568,6 +570,7 @@ class TwilioCall(WSListener):
         """Stop playout at ``t``: fix ``played`` of every chunk still playing; return bytes dropped."""
         dropped = 0
         for chunk in self.record.heard[self._live:self._applied]:
+            assert chunk.start_at is not None  # applied: it reached the buffer
             played = int((t - chunk.start_at) * _BPS + 1e-3)
             if played < chunk.size:
                 played = max(played, 0)
@@ -593,6 +596,7 @@ class TwilioCall(WSListener):
         """Seconds of the current run heard by ``t`` (0 if no run is live)."""
         if not self._run_live(t):
             return 0.0
+        assert self._seg_start is not None  # a live run has a segment
         return self._acc + min(t, self._play_end) - self._seg_start - self._run_p0
 
     def _arm(self, a: float) -> None:
@@ -611,9 +615,11 @@ class TwilioCall(WSListener):
         if turn.after_heard_ms is not None:
             if self._run_id < self._arm_run:
                 return _INF
+            assert self._seg_start is not None  # _run_id >= _arm_run >= 1: a run started
             # when the current segment reaches the threshold (in the past if already heard)
             tau = self._seg_start + turn.after_heard_ms / 1000 - (self._acc - self._run_p0)
             return max(tau, self._armed) if tau <= self._play_end else _INF
+        assert turn.after_quiet_ms is not None  # a Turn has exactly one trigger
         return self._play_end + turn.after_quiet_ms / 1000 if self._play_end > self._armed else _INF
 
     def _turn_event(self, t: float) -> None:
@@ -691,7 +697,7 @@ class TwilioCall(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: picows.WSFrame) -> None:
         mt = frame.msg_type
-        if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
+        if mt in (WSMsgType.TEXT, WSMsgType.BINARY):
             if frame.fin:
                 self._on_message(frame.get_payload_as_bytes(), mt == WSMsgType.BINARY)
             else:
@@ -713,7 +719,7 @@ class TwilioCall(WSListener):
                 transport.send_close(WSCloseCode.OK)
             transport.disconnect()
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
+    def on_ws_disconnected(self, _transport: WSTransport) -> None:
         rec = self.record
         self._dead = True
         self._outq.clear()
@@ -757,43 +763,59 @@ class TwilioCall(WSListener):
             event = None
         rec.received.append(Received(now, event, data.decode("utf-8", "replace") if self._keep else None))
         if event is None:
-            return self._violation(31951, "not a JSON object with a string 'event'")
+            self._violation(31951, "not a JSON object with a string 'event'")
+            return
+        item = self._outbound_effect(msg, event, now)
+        if item is None or not self._running:
+            return
+        kind, effect = item
+        if isinstance(effect, HeardChunk):  # kind _MEDIA
+            rec.heard.append(effect)
+        e = max(now + self._lat + self._draw(), self._last_in)
+        self._last_in = e
+        self._inq.append((e, kind, effect))
+        if e <= now:
+            self._advance(now)
+            self._flush(now)
+        self._schedule_next()
+
+    def _outbound_effect(self, msg: dict[str, Any], event: str,
+                         now: float) -> tuple[int, HeardChunk | MarkEcho | ClearRecord] | None:
+        """The queue entry of a valid ``media``/``mark``/``clear`` (exact keys, our streamSid); None,
+        with the violation recorded, for anything else."""
+        item: tuple[int, HeardChunk | MarkEcho | ClearRecord]
         if event == "media":
             media = msg.get("media")
             if msg.keys() != _MEDIA_KEYS or not isinstance(media, dict) or media.keys() != {"payload"}:
-                return self._violation(
+                self._violation(
                     31951, f"media: keys must be exactly event/streamSid/media{{payload}}: {str(msg)[:200]}")
+                return None
             payload = media["payload"]
             try:
                 audio = binascii.a2b_base64(payload, strict_mode=True) if isinstance(payload, str) else None
             except (binascii.Error, ValueError):
                 audio = None
             if audio is None:
-                return self._violation(31951, "media: payload is not valid base64")
+                self._violation(31951, "media: payload is not valid base64")
+                return None
             item = (_MEDIA, HeardChunk(audio if self._keep else b"", len(audio), now))
         elif event == "mark":
             mark = msg.get("mark")
             if (msg.keys() != _MARK_KEYS or not isinstance(mark, dict) or mark.keys() != {"name"}
                     or not isinstance(mark["name"], str)):
-                return self._violation(
+                self._violation(
                     31951, f"mark: must be exactly event/streamSid/mark{{name: str}}: {str(msg)[:200]}")
+                return None
             item = (_MARK, MarkEcho(mark["name"], now))
         elif event == "clear":
             if msg.keys() != _CLEAR_KEYS:
-                return self._violation(31951, f"clear: keys must be exactly event/streamSid: {list(msg)}")
+                self._violation(31951, f"clear: keys must be exactly event/streamSid: {list(msg)}")
+                return None
             item = (_CLEAR, ClearRecord(now, 0.0, 0, []))
         else:
-            return self._violation(31951, f"unknown event {event!r}")
+            self._violation(31951, f"unknown event {event!r}")
+            return None
         if msg["streamSid"] != self._sid:
-            return self._violation(31951, f"{event}: wrong streamSid {msg['streamSid']!r}")
-        if not self._running:
-            return
-        if item[0] == _MEDIA:
-            rec.heard.append(item[1])
-        e = max(now + self._lat + self._draw(), self._last_in)
-        self._last_in = e
-        self._inq.append((e, *item))
-        if e <= now:
-            self._advance(now)
-            self._flush(now)
-        self._schedule_next()
+            self._violation(31951, f"{event}: wrong streamSid {msg['streamSid']!r}")
+            return None
+        return item

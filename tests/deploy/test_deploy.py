@@ -33,6 +33,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from gateway.config import VARIABLES, Settings
+from gateway.http import MEDIA_PATH, VOICE_PATH
+from gateway.metrics import METRICS
+
 yaml = pytest.importorskip("yaml")
 try:  # ships the Kubernetes OpenAPI schemas (and depends on jsonschema)
     import jsonschema
@@ -41,10 +45,6 @@ except ImportError:  # only the schema validation needs it; everything else stil
     jsonschema = kubernetes_validate = None
 needs_schemas = pytest.mark.skipif(
     kubernetes_validate is None, reason="kubernetes-validate is not installed (it is in the [test] extra)")
-
-from gateway.config import VARIABLES, Settings
-from gateway.http import MEDIA_PATH, VOICE_PATH
-from gateway.metrics import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -114,8 +114,8 @@ MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "en
 
 def _parse_env_file(path: Path) -> dict[str, str]:
     out = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.partition("=")
@@ -253,9 +253,9 @@ def kustomize_command() -> list[str] | None:
     if shutil.which("kubectl"):
         try:
             subprocess.run(["kubectl", "kustomize", "--help"], capture_output=True, timeout=60, check=True)
-            return ["kubectl", "kustomize"]
         except (subprocess.SubprocessError, OSError):
             return None
+        return ["kubectl", "kustomize"]
     return None
 
 
@@ -516,14 +516,14 @@ def test_configmap_is_valid_gateway_configuration(config, container, example):
     assert example_secret["metadata"]["name"] == SECRET_NAME
     assert set(example_secret["stringData"]) == set(secret_env)
     # the whole environment is accepted by the gateway's own parser and validation
-    env = dict(config) | {name: "x" for name in secret_env}
+    env = dict(config) | dict.fromkeys(secret_env, "x")
     settings = Settings.from_env(env)
     assert settings.workers >= 1, "set GATEWAY_WORKERS explicitly: 0 means the node's core count"
     assert not settings.insecure_dev
     assert settings.public_url.startswith("https://"), "the overlay must set GATEWAY_PUBLIC_URL"
     port = container["ports"][0]
     assert port["containerPort"] == settings.port and port["name"] == "http"
-    assert config["GATEWAY_HOST"] == "0.0.0.0"
+    assert config["GATEWAY_HOST"] == "0.0.0.0"  # noqa: S104 - the pod must listen on all interfaces
     cm_ref = [s["configMapRef"]["name"] for s in container["envFrom"]]
     assert cm_ref == [one(example, "ConfigMap")["metadata"]["name"]]
 
@@ -741,9 +741,9 @@ def test_every_alert_is_documented_and_unit_tested():
             cases.setdefault(case["alertname"], []).append(case.get("exp_alerts") or [])
     # what the brief asks for: the error, latency, saturation, restart and down alerts
     for required in ("GatewayCallsEndingWithUpstreamError", "GatewayUpstreamErrorsHigh",
-                     "GatewayUpstreamProtocolErrors", "GatewayTwilioProtocolErrors", "GatewayInterruptToClearSlow", "GatewayEventLoopLagHigh",
-                     "GatewayPodNearCapacity", "GatewayRejectingCallsAtCapacity", "GatewayWorkerRestarts",
-                     "GatewayDown"):
+                     "GatewayUpstreamProtocolErrors", "GatewayTwilioProtocolErrors", "GatewayInterruptToClearSlow",
+                     "GatewayEventLoopLagHigh", "GatewayPodNearCapacity", "GatewayRejectingCallsAtCapacity",
+                     "GatewayWorkerRestarts", "GatewayDown"):
         assert required in names
     for name in names:
         assert any(cases.get(name, [])), f"{name}: no unit test where it fires"
@@ -858,9 +858,9 @@ def test_every_metric_used_is_exported():
     assert set(used) <= gauges, "a Pods metric of the HPA must be a gauge of the gateway"
     problems = []
     for where, expr in all_promql().items():
-        for name in promql_metric_names(expr):
-            if name not in exported and name not in recorded and name != "up":
-                problems.append(f"{where}: {name} is not exported by gateway.metrics (nor a recording rule)")
+        problems += [f"{where}: {name} is not exported by gateway.metrics (nor a recording rule)"
+                     for name in promql_metric_names(expr)
+                     if name not in exported and name not in recorded and name != "up"]
         for metric, labels in promql_selectors(expr):
             if metric in exported:
                 allowed = set(exported[metric]) | TARGET_LABELS
@@ -944,7 +944,7 @@ def test_dashboard_is_valid_grafana_json():
     occupied = set()
     for panel in dash["panels"]:
         g = panel["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
         cells = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
         assert not cells & occupied, f"panel {panel['title']!r} overlaps another"
         occupied |= cells
@@ -1028,8 +1028,8 @@ def test_dockerfile_structure():
 
 def _dockerignore_patterns() -> list[tuple[bool, str]]:
     out = []
-    for line in DOCKERIGNORE.read_text().splitlines():
-        line = line.strip()
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             out.append((line.startswith("!"), line.lstrip("!").rstrip("/")))
     return out

@@ -40,7 +40,8 @@ def assert_correct(report, record, clears: int, truncates: int, cancels: int = 0
 def test_barge_in_during_generation(run, audio_mode):
     async def scenario():
         async with stack(audio_mode) as st:
-            record, report = await st.call(CallScript(duration_ms=3000, turns=(Turn(after_heard_ms=300, speech_ms=500),)))
+            record, report = await st.call(CallScript(duration_ms=3000,
+                                                      turns=(Turn(after_heard_ms=300, speech_ms=500),)))
             session = st.session_for(record.call_sid)
             # The model was still generating when the caller spoke: the server cancelled it itself
             # (interrupt_response) and the gateway did not send a redundant response.cancel.
@@ -54,7 +55,8 @@ def test_barge_in_after_generation_while_twilio_plays(run, audio_mode):
     """The SEED bug: generation finished long ago, Twilio still plays; clear + truncate anyway."""
     async def scenario():
         async with stack(audio_mode) as st:
-            record, report = await st.call(CallScript(duration_ms=4000, turns=(Turn(after_heard_ms=2500, speech_ms=500),)))
+            record, report = await st.call(CallScript(duration_ms=4000,
+                                                      turns=(Turn(after_heard_ms=2500, speech_ms=500),)))
             session = st.session_for(record.call_sid)
             first = session.responses[0]
             assert first.status == "completed" and first.done_at < record.turns[0].at - 0.5
@@ -66,7 +68,8 @@ def test_barge_in_after_generation_while_twilio_plays(run, audio_mode):
 def test_speech_after_playback_finished_does_nothing(run):
     async def scenario():
         async with stack(response_ms=(1500,)) as st:
-            record, report = await st.call(CallScript(duration_ms=4000, turns=(Turn(after_quiet_ms=400, speech_ms=500),)))
+            record, report = await st.call(CallScript(duration_ms=4000,
+                                                      turns=(Turn(after_quiet_ms=400, speech_ms=500),)))
             assert_correct(report, record, clears=0, truncates=0, cancels=0)
             assert report.heard_ms >= 1500  # the greeting in full, then the answer to the speech
     run(scenario())
@@ -82,8 +85,7 @@ def test_control_api_interrupt_cancels_active_response(run):
                 url = f"{st.base_url}/calls/{'CA' + 'c' * 32}/interrupt"
                 headers = {"Authorization": f"Bearer {st.settings.control_token}"}
                 # interrupt ~800 ms after the greeting started playing
-                while not any(h.start_at for h in handle.record.heard):
-                    await asyncio.sleep(0.01)
+                await st.openai.wait_for(lambda: any(h.start_at for h in handle.record.heard), 10)
                 await asyncio.sleep(0.8)
                 async with http.post(url, headers=headers) as resp:
                     assert resp.status == 200 and (await resp.json())["interrupted"] is True
@@ -105,8 +107,7 @@ def test_two_interrupts_in_quick_succession(run):
             sid = "CA" + "d" * 32
             handle = st.start_call(CallScript(duration_ms=3500, turns=(Turn(after_heard_ms=1200, speech_ms=400),)), sid)
             await handle.wait_started()
-            while not any(h.start_at for h in handle.record.heard):
-                await asyncio.sleep(0.01)
+            await st.openai.wait_for(lambda: any(h.start_at for h in handle.record.heard), 10)
             await asyncio.sleep(1.0)
             call = st.gateway.calls_by_sid[sid]
             assert call.interrupt() is True
@@ -122,7 +123,8 @@ def test_two_interrupts_in_quick_succession(run):
 def test_two_items_back_to_back(run):
     async def scenario():
         async with stack(response_ms=(1500, 3000), items_per_response=2) as st:
-            record, report = await st.call(CallScript(duration_ms=3000, turns=(Turn(after_heard_ms=800, speech_ms=400),)))
+            record, report = await st.call(CallScript(duration_ms=3000,
+                                                      turns=(Turn(after_heard_ms=800, speech_ms=400),)))
             assert_correct(report, record, clears=1, truncates=2)
             first, second = report.truncates
             assert 780 <= first.heard_ms <= 1100
@@ -134,7 +136,8 @@ def test_late_deltas_of_interrupted_response_are_dropped(run):
     """The simulator sends in-flight deltas after its VAD cancel; none may reach the caller."""
     async def scenario():
         async with stack(inflight_deltas_after_cancel=3) as st:
-            record, report = await st.call(CallScript(duration_ms=2500, turns=(Turn(after_heard_ms=200, speech_ms=400),)))
+            record, report = await st.call(CallScript(duration_ms=2500,
+                                                      turns=(Turn(after_heard_ms=200, speech_ms=400),)))
             assert_correct(report, record, clears=1, truncates=1)
             session = st.session_for(record.call_sid)
             item = session.assistant_items[0]
@@ -149,7 +152,8 @@ def test_barge_in_when_generation_is_slower_than_playback(run):
     """Twilio's buffer runs dry between deltas: the item is truncated at what was forwarded."""
     async def scenario():
         async with stack(pace=0.8) as st:
-            record, report = await st.call(CallScript(duration_ms=2500, turns=(Turn(after_heard_ms=700, speech_ms=400),)))
+            _, report = await st.call(CallScript(duration_ms=2500,
+                                                 turns=(Turn(after_heard_ms=700, speech_ms=400),)))
             assert report.problems == []
             assert len(report.truncates) == 1
             assert abs(report.truncates[0].error_ms) <= TOLERANCE_MS
@@ -167,7 +171,8 @@ def test_large_deltas_over_tls(run):
             assert st.config.tls
             # The call outlasts the item with room to spare: with the pure-Python twin the first
             # 448 KB delta takes over a second to arrive, and the barge-in must still happen in-call.
-            record, report = await st.call(CallScript(duration_ms=11000, turns=(Turn(after_heard_ms=7300, speech_ms=400),)))
+            record, report = await st.call(CallScript(duration_ms=11000,
+                                                      turns=(Turn(after_heard_ms=7300, speech_ms=400),)))
             assert_correct(report, record, clears=1, truncates=1, cancels=0)
             assert report.heard_ms >= 7000
     run(scenario())

@@ -6,7 +6,7 @@ import logging
 
 import aiohttp
 import pytest
-from picows import WSListener, WSMsgType, ws_connect
+from picows import WSHandshakeError, WSListener, WSMsgType, ws_connect
 
 from gateway.config import Settings
 from gateway.errors import ConfigError
@@ -89,7 +89,7 @@ START = ('{"event":"start","sequenceNumber":"1","start":{"accountSid":"AC%s","st
 def test_media_socket_bad_signature_rejected_at_upgrade(run):
     async def scenario():
         async with quiet_stack() as st:
-            with pytest.raises(Exception) as info:
+            with pytest.raises(WSHandshakeError) as info:
                 await _raw_media_socket(st, {"X-Twilio-Signature": "bm9wZQ=="})
             assert "403" in str(info.value)
             assert st.gateway.rejected.get("bad_signature") == 1
@@ -112,18 +112,17 @@ def test_start_without_valid_token_closes_before_upstream(run, params):
 
 def test_control_api_auth(run):
     async def scenario():
-        async with quiet_stack() as st:
-            async with aiohttp.ClientSession() as http:
-                url = st.base_url + "/calls/CA123/interrupt"
-                async with http.post(url) as resp:
-                    assert resp.status == 401
-                async with http.post(url, headers={"Authorization": "Bearer nope"}) as resp:
-                    assert resp.status == 401
-                ok = {"Authorization": f"Bearer {st.settings.control_token}"}
-                async with http.post(url, headers=ok) as resp:
-                    assert resp.status == 404
-                async with http.get(st.base_url + "/healthz") as resp:
-                    assert resp.status == 200
+        async with quiet_stack() as st, aiohttp.ClientSession() as http:
+            url = st.base_url + "/calls/CA123/interrupt"
+            async with http.post(url) as resp:
+                assert resp.status == 401
+            async with http.post(url, headers={"Authorization": "Bearer nope"}) as resp:
+                assert resp.status == 401
+            ok = {"Authorization": f"Bearer {st.settings.control_token}"}
+            async with http.post(url, headers=ok) as resp:
+                assert resp.status == 404
+            async with http.get(st.base_url + "/healthz") as resp:
+                assert resp.status == 200
     run(scenario())
 
 
@@ -175,7 +174,7 @@ def test_unknown_twilio_event_is_ignored(run, caplog):
             handle = st.start_call(CallScript(duration_ms=2000), "CA" + "3" * 32)
             await handle.wait_started()
             await asyncio.sleep(0.2)
-            handle.send_raw('{"event":"transcription","streamSid":"%s","sequenceNumber":"5"}' % handle.record.stream_sid)
+            handle.send_raw(f'{{"event":"transcription","streamSid":"{handle.record.stream_sid}","sequenceNumber":"5"}}')
             record = await handle.wait()
             assert st.judge(record).problems == []
     caplog.set_level(logging.WARNING)
@@ -198,7 +197,8 @@ def test_upstream_failure_ends_call_cleanly(run, caplog):
 def test_twilio_hangup_closes_upstream_at_once(run):
     async def scenario():
         async with quiet_stack(greeting="hi") as st:
-            record = await st.start_call(CallScript(duration_ms=5000, turns=(Turn(after_heard_ms=300, hangup=True),))).wait()
+            script = CallScript(duration_ms=5000, turns=(Turn(after_heard_ms=300, hangup=True),))
+            record = await st.start_call(script).wait()
             session = st.session_for(record.call_sid)
             await st.openai.wait_for(lambda: session.disconnected_at is not None, 2.0)
             assert session.disconnected_at - record.ended_at < 0.5

@@ -27,9 +27,8 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
 
 
 async def _get(url: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as http:
-        async with http.get(url) as resp:
-            return resp.status, await resp.text()
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.text()
 
 
 def test_metrics_count_scripted_calls(run):
@@ -41,10 +40,10 @@ def test_metrics_count_scripted_calls(run):
                        CallScript(duration_ms=2000, turns=(Turn(after_heard_ms=700, speech_ms=300),)),
                        CallScript(duration_ms=1500)]
             records = await asyncio.gather(*(st.start_call(s).wait() for s in scripts))
-            async with aiohttp.ClientSession() as http:  # one webhook with a bad signature
-                async with http.post(st.base_url + "/twilio/voice", data={"CallSid": "CA1"},
-                                     headers={"X-Twilio-Signature": "bad"}) as resp:
-                    assert resp.status == 403
+            async with (aiohttp.ClientSession() as http,  # one webhook with a bad signature
+                        http.post(st.base_url + "/twilio/voice", data={"CallSid": "CA1"},
+                                  headers={"X-Twilio-Signature": "bad"}) as resp):
+                assert resp.status == 403
             status, text = await _get(st.base_url + "/metrics")
             assert status == 200
             return records, _samples(text), text
@@ -109,10 +108,10 @@ def test_real_prometheus_scrapes_gateway(run):
             prom_port = _free_port()
             with tempfile.TemporaryDirectory() as tmp:
                 config = os.path.join(tmp, "prometheus.yml")
-                with open(config, "w") as f:
+                with open(config, "w") as f:  # noqa: ASYNC230 - a few bytes of test setup
                     f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: gateway\n"
                             f"    static_configs:\n      - targets: ['127.0.0.1:{st.gateway.port}']\n")
-                proc = subprocess.Popen(
+                proc = subprocess.Popen(  # noqa: ASYNC220 - starts prometheus and returns at once
                     ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp}/data",
                      f"--web.listen-address=127.0.0.1:{prom_port}"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -70,7 +70,7 @@ def test_multivalue_params_sorted():
     assert validate_signature("tok", "https://h/p", form, expected)
 
 
-@pytest.mark.parametrize("signed, requested", [
+@pytest.mark.parametrize(("signed", "requested"), [
     ("https://example.com/v", "https://example.com:443/v"),  # Twilio dropped the https port
     ("https://example.com:443/v", "https://example.com/v"),
     ("https://example.com/v", "https://example.com:8443/v"),  # any port removed
@@ -86,7 +86,7 @@ def test_url_variants_accepted(signed, requested):
     assert validate_signature("tok", requested, params, compute_signature("tok", signed, params))
 
 
-@pytest.mark.parametrize("signed, requested", [
+@pytest.mark.parametrize(("signed", "requested"), [
     ("https://example.com/v/", "https://example.com/v"),  # trailing-slash leniency is ws/wss only
     ("wss://gw.example.com/twilio/media", "https://gw.example.com/twilio/media"),  # scheme matters
     ("https://example.com:8443/v", "https://example.com:9443/v"),

@@ -140,7 +140,7 @@ def test_two_workers_share_the_port_and_the_calls(serve):
             # worker's /metrics counts the calls of both.
             metrics_dir = next(m.split("=", 1)[1] for m in gw.messages("supervisor")
                                if m.startswith("prometheus multiprocess mode: PROMETHEUS_MULTIPROC_DIR="))
-            assert os.path.isdir(metrics_dir)
+            assert os.path.isdir(metrics_dir)  # noqa: ASYNC240 - one stat() of a local directory
             connector = aiohttp.TCPConnector(force_close=True)  # a new connection (any worker) per request
             async with aiohttp.ClientSession(connector=connector) as http:
                 for _ in range(6):
@@ -148,7 +148,7 @@ def test_two_workers_share_the_port_and_the_calls(serve):
                         assert resp.status == 200
                         assert "\ngateway_calls_started_total 16.0\n" in await resp.text()
             assert await sigterm_and_wait(gw) == 0, gw.tail()
-            assert not os.path.exists(metrics_dir)  # removed by the supervisor on exit
+            assert not os.path.exists(metrics_dir)  # noqa: ASYNC240 - removed by the supervisor on exit
     arun(scenario(), 60)
 
 
@@ -178,7 +178,7 @@ def test_sigkill_of_one_worker_spares_the_other_and_is_restarted(serve, tmp_path
 
             os.kill(pids[victim], signal.SIGKILL)
             results = await gather_bounded(handles, 30, return_exceptions=True)
-            by_sid = {h.record.call_sid: r for h, r in zip(handles, results)}
+            by_sid = {h.record.call_sid: r for h, r in zip(handles, results, strict=True)}
             spared = [by_sid[s] for s, w in placement.items() if w == survivor]
             for record in spared:
                 assert not isinstance(record, BaseException), record
@@ -204,9 +204,8 @@ def test_sigkill_of_one_worker_spares_the_other_and_is_restarted(serve, tmp_path
             assert [str(r.outcome) for r in records] == ["completed"] * len(records)
             assert sims.problems(records) == {}
             # Any worker's /metrics sums all processes, the supervisor's restart counter included.
-            async with aiohttp.ClientSession() as http:
-                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                    text = await resp.text()
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
             assert "gateway_worker_restarts_total 1.0" in text
             assert await sigterm_and_wait(gw) == 0, gw.tail()
     arun(scenario(), 75)
@@ -329,7 +328,7 @@ def test_worker_that_cannot_listen_makes_serve_fail(serve):
     assert any("before it was ready" in m for m in gw.messages("supervisor")), gw.tail()
 
 
-@pytest.mark.parametrize("args, env, expect", [
+@pytest.mark.parametrize(("args", "env", "expect"), [
     (("--workers", "2", "--host", "127.0.0.1", "--port", "0"), {}, "port 0 cannot be shared"),
     (("--workers", "1", "--host", "127.0.0.1", "--port", "1"), {"GATEWAY_AUDIO_MODE": "opus"}, "configuration error"),
 ])
