@@ -28,7 +28,7 @@ UNDERRUN_SLACK_S = 0.002
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
-def stats(values_ms: Any) -> dict:
+def stats(values_ms: Any) -> dict[str, Any]:
     """count, mean, p50/p90/p99/p99.9, min and max of a list of milliseconds (None when empty)."""
     a = np.asarray(values_ms, dtype=float)
     if a.size == 0:
@@ -42,7 +42,7 @@ def stats(values_ms: Any) -> dict:
 class Items:
     """The μ-law each assistant item of a session should reach Twilio as, rebuilt from the bank."""
 
-    def __init__(self, session: dict, bank: dict, transcode: bool) -> None:
+    def __init__(self, session: dict[str, Any], bank: dict[str, Any], transcode: bool) -> None:
         from gateway.sim.openai_audio import audio_bank
 
         self.ids, self.audio, self.status, self.truncated = [], [], [], []
@@ -129,15 +129,16 @@ class CallVerdict:
     truncates_censored: int = 0  # issued too close to the hang-up for the truth to be known
     turns: int = 0
     responses: int = 0
-    upstream_errors: Counter = field(default_factory=Counter)
+    upstream_errors: Counter[str] = field(default_factory=Counter)
     gen_lag: list[float] = field(default_factory=list)  # Twilio sim: ms each caller frame was sent late (window)
     sim_lag: list[float] = field(default_factory=list)  # OpenAI sim: ms each delta was sent after its slot
     twilio_violations: int = 0
     upstream_violations: int = 0
 
 
-def judge_call(call: dict, session: dict | None, bank: dict, mode: str, window: tuple[float, float],
-               lead: float, content_checks: bool = True, clear_reach_s: float = 0.05) -> CallVerdict:
+def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[str, Any], mode: str,
+               window: tuple[float, float], lead: float, content_checks: bool = True,
+               clear_reach_s: float = 0.05) -> CallVerdict:
     """``content_checks=False`` when the bridge resamples with another algorithm (naive pcm16):
     outbound audio cannot be located byte-wise, only counted. ``clear_reach_s``: the longest a
     ``clear`` takes to take effect at Twilio (simulated latency + jitter); a truncation issued later
@@ -208,17 +209,17 @@ def judge_call(call: dict, session: dict | None, bank: dict, mode: str, window: 
     d_t = unpack(session["delta_t"], "d")
     d_lag = unpack(session.get("delta_lag", ""), "f")
     if len(d_lag) == len(d_t):
-        v.sim_lag = [x for x, t in zip(d_lag, d_t) if w0 <= t <= w1]
+        v.sim_lag = [x for x, t in zip(d_lag, d_t, strict=True) if w0 <= t <= w1]
     items = Items(session, bank, transcode=mode == "pcm16") if content_checks else None
     n_items = len(session["items"])
     received = [0] * n_items
     heard = [0] * n_items
     located: list[tuple[int, int] | None] = [None] * len(sizes)
     if items is not None:
-        starts = None
+        starts: dict[bytes, tuple[int, int]] | None = None
         if mode == "passthrough":  # passthrough forwards each delta as one media message
             starts = {}
-            for it, off in zip(d_item, d_off):
+            for it, off in zip(d_item, d_off, strict=True):
                 audio = items.audio[it]
                 starts.setdefault(audio[off:off + WINDOW], (it, off))
         prev: tuple[int, int, int, float] | None = None  # item, end offset, chunk index, end time
@@ -286,7 +287,7 @@ def judge_call(call: dict, session: dict | None, bank: dict, mode: str, window: 
             heard_ms = max(0.0, heard[it] / 8.0 - lead) if it is not None else 0.0
             v.truncate_err.append(audio_end_ms - heard_ms)
     else:
-        for item_id, audio_end_ms, accepted, error in session["truncates"]:
+        for _item_id, _audio_end_ms, accepted, error in session["truncates"]:
             if not accepted:
                 problems.append(f"truncate rejected: {error}")
 
@@ -294,7 +295,7 @@ def judge_call(call: dict, session: dict | None, bank: dict, mode: str, window: 
     lat_out = []
     if items is not None and mode == "passthrough":
         v.out_method = "content"
-        sent_at = {(it, off): t for it, off, t in zip(d_item, d_off, d_t)}
+        sent_at = {(it, off): t for it, off, t in zip(d_item, d_off, d_t, strict=True)}
         for i, hit in enumerate(located):
             if hit is not None and w0 <= chunks_t[i] <= w1:
                 t = sent_at.get(hit)
@@ -305,24 +306,23 @@ def judge_call(call: dict, session: dict | None, bank: dict, mode: str, window: 
         # k-th message of an item, in item order, carries the k-th delta of that item.
         v.out_method = "item order"
         per_item: dict[int, list[float]] = {}
-        for it, t in zip(d_item, d_t):
+        for it, t in zip(d_item, d_t, strict=True):
             per_item.setdefault(it, []).append(t)
-        seen: dict[int, list[int]] = {}
+        seen: dict[int, list[tuple[int, int]]] = {}  # item -> [(byte offset, message index)]
         for i, hit in enumerate(located):
             if hit is not None:
-                seen.setdefault(hit[0], []).append(i)
-        for it, idxs in seen.items():
-            idxs.sort(key=lambda i: located[i][1])
-            for k, i in enumerate(idxs):
+                seen.setdefault(hit[0], []).append((hit[1], i))
+        for it, messages in seen.items():
+            messages.sort()  # by offset (ties: in arrival order)
+            for k, (_off, i) in enumerate(messages):
                 sends = per_item.get(it, ())
                 if k < len(sends) and w0 <= chunks_t[i] <= w1 and chunks_t[i] >= sends[k]:
                     lat_out.append((chunks_t[i] - sends[k]) * 1000.0)
     else:
         v.out_method = "session order"  # every delta forwarded, in order (naive bridge)
         if len(sizes) <= len(d_t):
-            for i in range(len(sizes)):
-                if w0 <= chunks_t[i] <= w1 and chunks_t[i] >= d_t[i]:
-                    lat_out.append((chunks_t[i] - d_t[i]) * 1000.0)
+            lat_out.extend((chunks_t[i] - d_t[i]) * 1000.0 for i in range(len(sizes))
+                           if w0 <= chunks_t[i] <= w1 and chunks_t[i] >= d_t[i])
     v.lat_out = lat_out
 
     # ---- interrupt: speech_started sent by the model -> clear received by Twilio
@@ -339,20 +339,20 @@ def judge_call(call: dict, session: dict | None, bank: dict, mode: str, window: 
 
 
 # ------------------------------------------------------------------------------- the whole run
-def analyze(calls: list[dict], openai: dict, mode: str, window: tuple[float, float],
-            content_checks: bool = True, clear_reach_s: float = 0.05) -> dict:
+def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, window: tuple[float, float],
+            content_checks: bool = True, clear_reach_s: float = 0.05) -> dict[str, Any]:
     sessions = {s["sid"]: s for s in openai["sessions"] if s["sid"]}
     lead = lead_ms(mode)
     verdicts = [judge_call(c, sessions.get(c["sid"]), openai["bank"], mode, window, lead, content_checks,
                            clear_reach_s) for c in calls if not c["warmup"]]
-    kinds: Counter = Counter()
+    kinds: Counter[str] = Counter()
     examples: list[str] = []
     for v in verdicts:
         for p in v.problems:
             kinds[_kind(p)] += 1
             if len(examples) < 20:
                 examples.append(f"{v.sid}: {p}")
-    upstream_errors: Counter = Counter()
+    upstream_errors: Counter[str] = Counter()
     for v in verdicts:
         upstream_errors.update(v.upstream_errors)
     lat_in = np.concatenate([np.asarray(v.lat_in) for v in verdicts]) if verdicts else np.zeros(0)
@@ -376,7 +376,8 @@ def analyze(calls: list[dict], openai: dict, mode: str, window: tuple[float, flo
             "examples": examples,
             "outcomes": dict(outcomes),
             "inbound_lost_bytes_total": sum(v.inbound_lost_bytes for v in verdicts),
-            "inbound_lost_calls_over_tolerance": sum(1 for v in verdicts if v.inbound_lost_bytes > TAIL_TOLERANCE_BYTES),
+            "inbound_lost_calls_over_tolerance": sum(1 for v in verdicts
+                                                     if v.inbound_lost_bytes > TAIL_TOLERANCE_BYTES),
             "outbound_gaps": sum(v.gaps for v in verdicts),
             "outbound_duplicates": sum(v.overlaps for v in verdicts),
             "outbound_unmatched": sum(v.unmatched for v in verdicts),

@@ -19,15 +19,16 @@ import importlib
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product, repeat
 from types import SimpleNamespace
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import orjson
 
-from .report import REPO, environment, render_table, write_json
+from .report import RESULTS, environment, render_table, write_json
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -38,7 +39,6 @@ Maker = Callable[[int], Body]  # number -> body making `number` calls; the Maker
 
 MODULES = ("g711", "resample", "framing", "ledger")
 IMPLS = ("compiled", "pure")
-RESULTS = REPO / "bench" / "results"
 
 # ------------------------------------------------------------------------------ realistic inputs
 STREAM_SID = "MZ18ad3ab5a668481ce02b83e7395059f0"
@@ -87,7 +87,7 @@ assert len(orjson.loads(MEDIA_MSG)["media"]["payload"]) == 216
 # ------------------------------------------------------------------------------ timing
 
 
-def calls(setup: Callable[[], tuple]) -> Maker:
+def calls(setup: Callable[[], tuple[Any, ...]]) -> Maker:
     """Maker timing ``fn(*args)`` where ``setup() -> (fn, *args)`` runs untimed once per repeat
     (so stateful objects start fresh). Specialised by arity: ``fn(*args)`` would add ~10 ns."""
     def make(number: int) -> Body:
@@ -108,7 +108,7 @@ def calls(setup: Callable[[], tuple]) -> Maker:
     return make
 
 
-def summary(samples: list[float]) -> dict:
+def summary(samples: list[float]) -> dict[str, Any]:
     median = statistics.median(samples)
     return {"median": median, "min": min(samples), "max": max(samples),
             "spread": (max(samples) - min(samples)) / median, "samples": samples}
@@ -127,7 +127,7 @@ def calibrate(make: Maker, goal_ns: int) -> int:
         number = max(number * 2, min(number * 10, round(number * goal_ns / max(elapsed, 1))))
 
 
-def measure(make: Maker, divisor: float, opts: SimpleNamespace) -> dict:
+def measure(make: Maker, divisor: float, opts: SimpleNamespace) -> dict[str, Any]:
     """CPU and wall ns per frame (or per call) of the calls ``make`` produces."""
     if opts.number:
         number = opts.number
@@ -158,8 +158,8 @@ CODECS = {  # name -> (decode str/bytes -> bytes, encode bytes -> str for orjson
     "base64": (base64.b64decode, lambda b: base64.b64encode(b).decode("ascii")),
     "binascii": (binascii.a2b_base64, lambda b: binascii.b2a_base64(b, newline=False).decode("ascii")),
 }
-try:
-    import pybase64
+try:  # optional (not a dependency): imported by name, so the type checker does not require it
+    pybase64 = importlib.import_module("pybase64")
 except ImportError:
     pass
 else:
@@ -178,8 +178,8 @@ def ratecv(src: int, dst: int) -> Callable[[bytes], bytes]:
 
 
 RESAMPLERS = {"audioop.ratecv": ratecv}
-try:
-    import soxr
+try:  # optional (not a dependency): imported by name, so the type checker does not require it
+    soxr = importlib.import_module("soxr")
 except ImportError:
     pass
 else:
@@ -190,7 +190,7 @@ else:
     RESAMPLERS["soxr"] = soxr_stream
 
 
-def pipelines(prefix: str, build: Callable[[SimpleNamespace], Callable], *args,
+def pipelines(prefix: str, build: Callable[[SimpleNamespace], Callable[..., Any]], *args: Any,
               codec: bool = False, rates: tuple[int, int] | None = None) -> dict[str, Maker]:
     """One baseline per available base64 codec and/or resampler.
 
@@ -201,8 +201,8 @@ def pipelines(prefix: str, build: Callable[[SimpleNamespace], Callable], *args,
     resamplers = RESAMPLERS.items() if rates else [(None, None)]
     out = {}
     for (cname, (dec, enc)), (rname, resampler) in product(codecs, resamplers):
-        def setup(dec=dec, enc=enc, resampler=resampler) -> tuple:
-            kit = SimpleNamespace(dec=dec, enc=enc, resample=resampler(*rates) if resampler else None)
+        def setup(dec=dec, enc=enc, resampler=resampler) -> tuple[Any, ...]:
+            kit = SimpleNamespace(dec=dec, enc=enc, resample=resampler(*rates) if resampler and rates else None)
             return (build(kit), *args)
         out["+".join(filter(None, (prefix, cname, rname)))] = calls(setup)
     return out
@@ -213,6 +213,7 @@ def _decode_media(k):
         d = orjson.loads(msg)
         if d["event"] == "media":
             return k.dec(d["media"]["payload"])
+        return None
     return run
 
 
@@ -221,6 +222,7 @@ def _decode_delta(k):
         d = orjson.loads(msg)
         if d["type"] == "response.output_audio.delta":
             return d["item_id"], d["content_index"], k.dec(d["delta"])
+        return None
     return run
 
 
@@ -230,6 +232,7 @@ def _media_to_append(k):
         if d["event"] == "media":
             return orjson.dumps({"type": "input_audio_buffer.append",
                                  "audio": k.enc(k.dec(d["media"]["payload"]))})
+        return None
     return run
 
 
@@ -239,6 +242,7 @@ def _media_to_append_transcoding(k):
         if d["event"] == "media":
             pcm = k.resample(audioop.ulaw2lin(k.dec(d["media"]["payload"]), 2))
             return orjson.dumps({"type": "input_audio_buffer.append", "audio": k.enc(pcm)})
+        return None
     return run
 
 
@@ -253,6 +257,7 @@ def _delta_to_pcmu(k):
         if d["type"] == "response.output_audio.delta":
             pcm = k.dec(d["delta"])
             return d["item_id"], d["content_index"], audioop.lin2ulaw(k.resample(pcm), 2), len(pcm)
+        return None
     return run
 
 
@@ -282,13 +287,13 @@ def _ledger_on_mark(m) -> Maker:
         on_mark = ledger.on_mark
 
         def body() -> None:
-            for name, now in zip(names, echoes):
+            for name, now in zip(names, echoes, strict=True):
                 on_mark(name, now)
         return body
     return make
 
 
-def _ledger_with_pending(m) -> tuple:
+def _ledger_with_pending(m) -> tuple[Any, ...]:
     """Two items of 6 chunks each, the first two marks echoed: 10 marks pending."""
     ledger = m.ledger.PlayoutLedger()
     names = [ledger.queue(item, 0, 800, 100.0, i * SEND_S)
@@ -311,7 +316,9 @@ class Target:
     def met(self, compiled_ns: float, speedup: float | None) -> bool:
         if self.max_ns is not None:
             return compiled_ns <= self.max_ns
-        return speedup is not None and speedup >= self.min_speedup
+        if self.min_speedup is not None:
+            return speedup is not None and speedup >= self.min_speedup
+        raise ValueError(f"target {self.label!r} sets neither max_ns nor min_speedup")
 
 
 PASSTHROUGH = Target("Twilio media -> append, passthrough <= 500 ns CPU/frame", "<=500 ns", max_ns=500)
@@ -435,40 +442,44 @@ def load(impl: str) -> SimpleNamespace:
     return SimpleNamespace(**{m: importlib.import_module(f"_fastpath._{impl}.{m}") for m in MODULES})
 
 
-def stat(result: dict, key: str | None, clock: str = "cpu_ns", field: str = "median") -> float | None:
-    """One figure of a case result; ``key`` is an implementation or baseline name (None: n/a)."""
-    if key is None:
-        return None
+def figure(result: dict[str, Any], key: str, clock: str = "cpu_ns", field: str = "median") -> float:
+    """One figure of a case result; ``key`` is an implementation or baseline name."""
     measurement = result[key] if key in IMPLS else result["baselines"][key]
-    return measurement[clock][field]
+    value: float = measurement[clock][field]
+    return value
 
 
-def run_case(case: Case, impls: dict, opts: SimpleNamespace) -> dict:
+def stat(result: dict[str, Any], key: str | None, clock: str = "cpu_ns", field: str = "median") -> float | None:
+    """``figure``, None when there is no such implementation or baseline (``key`` None: n/a)."""
+    return None if key is None else figure(result, key, clock, field)
+
+
+def run_case(case: Case, impls: dict[str, SimpleNamespace], opts: SimpleNamespace) -> dict[str, Any]:
     divisor = case.frames or 1
-    result = {"name": case.name, "function": case.function, "frames_per_call": case.frames,
-              "targets": [t.label for t in case.targets]}
+    result: dict[str, Any] = {"name": case.name, "function": case.function, "frames_per_call": case.frames,
+                              "targets": [t.label for t in case.targets]}
     for impl, modules in impls.items():
         result[impl] = measure(case.fastpath(modules), divisor, opts)
     result["baselines"] = {name: measure(make, divisor, opts) for name, make in case.baselines.items()}
-    best = min(result["baselines"], key=lambda name: stat(result, name), default=None)
-    compiled = stat(result, "compiled")
-    speedup = stat(result, best) / compiled if best else None
-    result.update(off_the_shelf=best, speedup_vs_pure=stat(result, "pure") / compiled,
+    best = min(result["baselines"], key=lambda name: figure(result, name), default=None)
+    compiled = figure(result, "compiled")
+    speedup = figure(result, best) / compiled if best else None
+    result.update(off_the_shelf=best, speedup_vs_pure=figure(result, "pure") / compiled,
                   speedup_vs_off_the_shelf=speedup,
                   met=all(t.met(compiled, speedup) for t in case.targets) if case.targets else None)
     return result
 
 
-def verdicts(results: list[dict]) -> list[dict]:
+def verdicts(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One verdict per target over every case that carries it."""
     out = []
     for target in TARGETS:
-        hits = [r for case, r in zip(CASES, results) if target in case.targets]
+        hits = [r for case, r in zip(CASES, results, strict=True) if target in case.targets]
         if target.max_ns is not None:
             detail = ", ".join(f"{r['name']} {_ns(stat(r, 'compiled'))} ns" for r in hits)
         else:
             detail = ", ".join(f"{r['name']} {_ratio(r['speedup_vs_off_the_shelf'])}" for r in hits)
-        met = all(target.met(stat(r, "compiled"), r["speedup_vs_off_the_shelf"]) for r in hits)
+        met = all(target.met(figure(r, "compiled"), r["speedup_vs_off_the_shelf"]) for r in hits)
         out.append({"target": target.label, "met": met, "detail": detail})
     return out
 
@@ -487,12 +498,12 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
-def print_report(results: list[dict], checks: list[dict], repeat: int) -> None:
+def print_report(results: list[dict[str, Any]], checks: list[dict[str, Any]], repeat: int) -> None:
     rows = [[r["name"], _ns(stat(r, "compiled")), _ns(stat(r, "pure")),
              _ns(stat(r, r["off_the_shelf"])), _ratio(r["speedup_vs_pure"]),
              _ratio(r["speedup_vs_off_the_shelf"]), ", ".join(t.short for t in case.targets),
              "" if r["met"] is None else ("yes" if r["met"] else "NO")]
-            for case, r in zip(CASES, results)]
+            for case, r in zip(CASES, results, strict=True)]
     print(f"\nCPU ns per 20 ms frame, median of {repeat} repeats "
           "(÷5: 100 ms of audio per call, figure divided by 5; /call: no audio, per call)")
     print(render_table(["function", "compiled", "pure", "off-the-shelf", "compiled/pure",

@@ -8,9 +8,9 @@ import numpy as np
 
 
 def _plt():
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -114,7 +114,7 @@ def load_plots(outputs: dict[str, Any], out_dir: Path) -> list[Path]:
     return paths
 
 
-def sweep_plots(steps: list[dict], out_dir: Path, cpu_target_ms: float) -> list[Path]:
+def sweep_plots(steps: list[dict[str, Any]], out_dir: Path, cpu_target_ms: float) -> list[Path]:
     """CPU per call-second and p99 latency against concurrent calls."""
     plt = _plt()
     out_dir.mkdir(parents=True, exist_ok=True)

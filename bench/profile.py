@@ -25,8 +25,10 @@ import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from . import procstat
+from .children import die_with_parent, open_log
 from .report import render_table
 
 DEFAULT_RATE_HZ = 200
@@ -98,9 +100,10 @@ def leaf_key(frame: str) -> str:
 
 def parse_collapsed(text: str) -> tuple[list[tuple[list[str], int]], int]:
     """py-spy ``--format raw`` -> ([(frames root first, count)], number of threads seen)."""
-    stacks, threads = [], set()
-    for line in text.splitlines():
-        line = line.strip()
+    stacks: list[tuple[list[str], int]] = []
+    threads: set[str] = set()
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
         if not line:
             continue
         body, _, count = line.rpartition(" ")
@@ -116,7 +119,7 @@ def parse_collapsed(text: str) -> tuple[list[tuple[list[str], int]], int]:
     return stacks, max(1, len(threads))
 
 
-def summarize(stacks: Iterable[tuple[list[str], int]], top: int = 10) -> dict:
+def summarize(stacks: Iterable[tuple[list[str], int]], top: int = 10) -> dict[str, Any]:
     """Idle share of all samples; categories and top leaf functions as shares of busy samples."""
     cats: Counter[str] = Counter()
     leaves: Counter[tuple[str, str]] = Counter()
@@ -141,7 +144,7 @@ def summarize(stacks: Iterable[tuple[list[str], int]], top: int = 10) -> dict:
     }
 
 
-def render(profile: dict | None) -> str:
+def render(profile: dict[str, Any] | None) -> str:
     """The profile section of the report (a line when it is unavailable)."""
     if not profile:
         return ""
@@ -212,8 +215,6 @@ class Profiler:
         if exe is None:
             self.reason = "py-spy not found (pip install 'voice-gateway[bench]')"
             return
-        from .load import _die_with_parent as die_with_parent
-
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for old in self.out_dir.glob("profile-worker-*.txt"):  # an earlier run's workers
@@ -224,7 +225,7 @@ class Profiler:
             for pid in worker_pids(root):
                 out = self.out_dir / f"profile-worker-{pid}.txt"
                 err = self.out_dir / f".profile-worker-{pid}.log"
-                with open(err, "wb") as err_f:
+                with open_log(err) as err_f:
                     proc = await asyncio.create_subprocess_exec(
                         exe, "record", "--pid", str(pid), "--native", "--idle", "--threads",
                         "--rate", str(self.rate_hz), "--duration", str(int(self.max_s)),
@@ -246,14 +247,14 @@ class Profiler:
                 except ProcessLookupError:
                     pass
 
-    async def finish(self, timeout: float = 30.0) -> dict:
+    async def finish(self, timeout: float = 30.0) -> dict[str, Any]:
         """Wait for every py-spy (killing any that hangs) and summarise what they wrote."""
         try:
             return await self._finish(timeout)
         except Exception as exc:  # noqa: BLE001 - the bench goes on without a profile
             return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
 
-    async def _finish(self, timeout: float) -> dict:
+    async def _finish(self, timeout: float) -> dict[str, Any]:
         self.interrupt()
         for proc, _, _ in self.procs.values():
             try:
@@ -286,9 +287,10 @@ class Profiler:
             stacks += mine
         if not workers:
             return {"available": False, "reason": "; ".join(failures)}
+        sampled_s = self.stopped_at - self.started_at if self.stopped_at and self.started_at is not None else None
         result = {"available": True, "tool": "py-spy record --native --idle --threads --format raw",
                   "rate_hz": self.rate_hz,
-                  "sampled_s": round(self.stopped_at - self.started_at, 2) if self.stopped_at else None,
+                  "sampled_s": round(sampled_s, 2) if sampled_s is not None else None,
                   "workers": workers, **summarize(stacks)}
         if failures:
             result["failures"] = failures

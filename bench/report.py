@@ -1,16 +1,18 @@
 """Helpers shared by the bench subcommands: environment facts, JSON output, plain-text tables."""
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import json
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
 _PACKAGES = ("numpy", "Cython", "orjson", "picows")
 
 
@@ -34,7 +36,7 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def git_commit() -> dict | None:
+def git_commit() -> dict[str, Any] | None:
     """``{"commit", "dirty"}`` of the checkout the bench runs from; None without git or commits."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
@@ -47,10 +49,10 @@ def git_commit() -> dict | None:
     return {"commit": commit, "dirty": dirty}
 
 
-def environment() -> dict:
+def environment() -> dict[str, Any]:
     """Facts needed to compare runs. The machine may be shared, hence load average and affinity."""
     return {
-        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -63,7 +65,7 @@ def environment() -> dict:
     }
 
 
-def write_json(path: str | os.PathLike, data: object) -> Path:
+def write_json(path: str | os.PathLike[str], data: object) -> Path:
     """Write ``data`` as indented JSON, creating the parent directories."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,11 +77,22 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
                  align: str | None = None) -> str:
     """Plain-text table; ``align`` has one ``l``/``r`` per column (default: first left, rest right)."""
     align = align or "l" + "r" * (len(headers) - 1)
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w)
-                         for c, w, a in zip(cells, widths, align)).rstrip()
+                         for c, w, a in zip(cells, widths, align, strict=True)).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def fmt(x: Any, digits: int = 2) -> str:
+    """A table cell: ``-`` for None, floats with ``digits`` decimals (thousands grouped from 1,000)."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        return f"{x:.{digits}f}"
+    return str(x)

@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .load import (
-    RESULTS,
-    Settings,
-    _fmt,
-    add_common_arguments,
-    cpu_target_ms,
-    json_run,
-    run_target,
-)
-from .report import environment, render_table, write_json
+from .loadreport import Run, cpu_target_ms, json_run
+from .loadrun import run_target
+from .report import RESULTS, environment, fmt, render_table, write_json
+from .settings import Settings, add_common_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "sweep", help="output directory (bench/results/sweep)")
 
 
-def verdict(run: dict, slo_p99_ms: float) -> tuple[bool, list[str]]:
+def verdict(run: Run, slo_p99_ms: float) -> tuple[bool, list[str]]:
     """(passed, reasons it failed) for one step."""
     reasons = []
     lat = run["latency_ms"]
@@ -61,7 +57,7 @@ def verdict(run: dict, slo_p99_ms: float) -> tuple[bool, list[str]]:
     return not reasons, reasons
 
 
-def step_row(run: dict, passed: bool, reasons: list[str]) -> dict:
+def step_row(run: Run, passed: bool, reasons: list[str]) -> dict[str, Any]:
     lat = run["latency_ms"]
     return {
         "calls": run["calls"],
@@ -86,72 +82,88 @@ def step_row(run: dict, passed: bool, reasons: list[str]) -> dict:
     }
 
 
+@dataclass
+class Sweep:
+    steps: list[dict[str, Any]] = field(default_factory=list)  # step_row of each step
+    runs: list[Run] = field(default_factory=list)  # json_run of each step
+    best: int | None = None  # highest passing call count
+    stopped: str = "reached --max"  # why the sweep stopped
+
+
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(main(args))
-
-
-async def main(args: argparse.Namespace) -> int:
-    def progress(msg: str) -> None:
-        print(msg, flush=True)
-
     counts = list(range(args.start, args.max + 1, args.step)) if args.step > 0 else [args.start]
     print(f"bench sweep: {counts[0]} .. {counts[-1]} calls step {args.step}, {args.duration:g} s each; service "
           f"level p99 ≤ {args.slo_p99_ms:g} ms, no loss/underrun/error", flush=True)
-    steps: list[dict] = []
-    runs: list[dict] = []
-    best = None
-    stopped = "reached --max"
-    for n in counts:
-        st = Settings.from_args(args, n, args.duration)
-        out = await run_target(st, "gateway", progress)
-        r = json_run(out)
-        runs.append(r)
-        passed, reasons = verdict(r, args.slo_p99_ms)
-        row = step_row(r, passed, reasons)
-        steps.append(row)
-        print(f"  {n} calls: {'PASS' if passed else 'FAIL'}  CPU {_fmt(row['cpu_per_call_second_ms'], 3)} ms/call-s  "
-              f"p99 in/out {_fmt(row['p99_inbound_ms'])}/{_fmt(row['p99_outbound_ms'])} ms"
-              + ("" if passed else "  <- " + "; ".join(reasons)), flush=True)
-        limited = []
-        if row["generator_fell_behind"]:
-            limited.append(f"the simulators fell behind (max lag {row['generator_max_lag_ms']:.0f} ms)")
-        if row["machine_saturated"]:
-            limited.append(f"the machine was saturated ({row['machine_busy_share']:.0%} CPU busy)")
-        if limited and not args.ignore_machine_limits:
-            stopped = (f"inconclusive at {n} calls: {' and '.join(limited)}; this machine cannot drive more "
-                       "load without distorting the measurement")
-            if passed:
-                best = n
-            break
-        if not passed:
-            stopped = f"service level broken at {n} calls"
-            break
-        best = n
-    table = render_table(
-        ["calls", "CPU ms/call-s", "calls/core", "p99 in ms", "p99 out ms", "interrupt p99", "trunc p99",
-         "KiB/call", "sim lag ms", "machine", "vs sims", "verdict"],
-        [[str(s["calls"]), _fmt(s["cpu_per_call_second_ms"], 3), _fmt(s["calls_per_core"], 0),
-          _fmt(s["p99_inbound_ms"]), _fmt(s["p99_outbound_ms"]), _fmt(s["interrupt_p99_ms"]),
-          _fmt(s["truncate_error_p99_ms"], 1), _fmt(s["memory_per_call_kib"], 1), _fmt(s["generator_max_lag_ms"], 0),
-          f"{s['machine_busy_share']:.0%}" if s["machine_busy_share"] is not None else "-",
-          _fmt(s["cpu_vs_simulators"], 3),
-          ("PASS" if s["passed"] else "FAIL") + (" (sim lag)" if s["generator_fell_behind"] else "")
-          + (" (saturated)" if s["machine_saturated"] else "")]
-         for s in steps])
+    sweep = asyncio.run(run_steps(args, counts))
     print()
-    print(table)
-    print(f"\nhighest passing: {best if best is not None else 'none'} concurrent calls on {args.workers} worker(s) "
-          f"({stopped})")
-    st0 = Settings.from_args(args, counts[0], args.duration)
-    data = {"bench": "sweep", "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                          if k != "run"},
-            "environment": environment(), "highest_passing_calls": best, "stopped": stopped,
-            "cpu_target_ms": cpu_target_ms(st0), "steps": steps, "runs": runs}
-    args.out.mkdir(parents=True, exist_ok=True)
+    print(steps_table(sweep.steps))
+    print(f"\nhighest passing: {sweep.best if sweep.best is not None else 'none'} concurrent calls on {args.workers} "
+          f"worker(s) ({sweep.stopped})")
+    cpu_target = cpu_target_ms(Settings.from_args(args, counts[0], args.duration))
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "run"}
+    data: dict[str, Any] = {"bench": "sweep", "options": options, "environment": environment(),
+                            "highest_passing_calls": sweep.best, "stopped": sweep.stopped,
+                            "cpu_target_ms": cpu_target, "steps": sweep.steps, "runs": sweep.runs}
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
         from .plots import sweep_plots
 
-        data["plots"] = [str(p) for p in sweep_plots(steps, args.out, cpu_target_ms(st0))]
-    path = write_json(args.out / "sweep.json", data)
+        data["plots"] = [str(p) for p in sweep_plots(sweep.steps, out_dir, cpu_target)]
+    path = write_json(out_dir / "sweep.json", data)
     print(f"wrote {path}" + "".join(f"\n      {p}" for p in data.get("plots", [])))
     return 0
+
+
+async def run_steps(args: argparse.Namespace, counts: list[int]) -> Sweep:
+    """One gateway run per call count until one breaks the service level or the machine's limits."""
+    def progress(msg: str) -> None:
+        print(msg, flush=True)
+
+    sweep = Sweep()
+    for n in counts:
+        st = Settings.from_args(args, n, args.duration)
+        r = json_run(await run_target(st, "gateway", progress))
+        sweep.runs.append(r)
+        passed, reasons = verdict(r, args.slo_p99_ms)
+        row = step_row(r, passed, reasons)
+        sweep.steps.append(row)
+        print(f"  {n} calls: {'PASS' if passed else 'FAIL'}  CPU {fmt(row['cpu_per_call_second_ms'], 3)} ms/call-s  "
+              f"p99 in/out {fmt(row['p99_inbound_ms'])}/{fmt(row['p99_outbound_ms'])} ms"
+              + ("" if passed else "  <- " + "; ".join(reasons)), flush=True)
+        limited = machine_limits(row)
+        if limited and not args.ignore_machine_limits:
+            sweep.stopped = (f"inconclusive at {n} calls: {' and '.join(limited)}; this machine cannot drive more "
+                             "load without distorting the measurement")
+            if passed:
+                sweep.best = n
+            break
+        if not passed:
+            sweep.stopped = f"service level broken at {n} calls"
+            break
+        sweep.best = n
+    return sweep
+
+
+def machine_limits(row: dict[str, Any]) -> list[str]:
+    """Why the machine, not the system under test, may have limited this step (empty: it did not)."""
+    limited = []
+    if row["generator_fell_behind"]:
+        limited.append(f"the simulators fell behind (max lag {row['generator_max_lag_ms']:.0f} ms)")
+    if row["machine_saturated"]:
+        limited.append(f"the machine was saturated ({row['machine_busy_share']:.0%} CPU busy)")
+    return limited
+
+
+def steps_table(steps: list[dict[str, Any]]) -> str:
+    return render_table(
+        ["calls", "CPU ms/call-s", "calls/core", "p99 in ms", "p99 out ms", "interrupt p99", "trunc p99",
+         "KiB/call", "sim lag ms", "machine", "vs sims", "verdict"],
+        [[str(s["calls"]), fmt(s["cpu_per_call_second_ms"], 3), fmt(s["calls_per_core"], 0),
+          fmt(s["p99_inbound_ms"]), fmt(s["p99_outbound_ms"]), fmt(s["interrupt_p99_ms"]),
+          fmt(s["truncate_error_p99_ms"], 1), fmt(s["memory_per_call_kib"], 1), fmt(s["generator_max_lag_ms"], 0),
+          f"{s['machine_busy_share']:.0%}" if s["machine_busy_share"] is not None else "-",
+          fmt(s["cpu_vs_simulators"], 3),
+          ("PASS" if s["passed"] else "FAIL") + (" (sim lag)" if s["generator_fell_behind"] else "")
+          + (" (saturated)" if s["machine_saturated"] else "")]
+         for s in steps])

@@ -10,7 +10,8 @@ signature or token checks, no admission control, no metrics.
 Same protocols and configuration as the gateway, so the same simulators drive it:
 ``GATEWAY_UPSTREAM_URL``, ``OPENAI_API_KEY``, ``GATEWAY_UPSTREAM_CA_FILE``, ``GATEWAY_PUBLIC_URL``,
 ``GATEWAY_AUDIO_MODE``, ``GATEWAY_GREETING``, ``GATEWAY_VOICE``, ``GATEWAY_INSTRUCTIONS``,
-``GATEWAY_HOST``, ``GATEWAY_PORT``. ``websockets`` cannot serve a request with a body (the
+``GATEWAY_HOST`` (default 127.0.0.1: this bridge checks no signatures, so it listens on other
+interfaces only when told), ``GATEWAY_PORT``. ``websockets`` cannot serve a request with a body (the
 voice webhook is a form POST), so aiohttp answers the webhook on ``GATEWAY_PORT`` and the media
 WebSocket listens on ``NAIVE_MEDIA_PORT`` (default port + 1), announced in the TwiML as
 ``NAIVE_MEDIA_URL`` (default ``wss://<public host>:<media port>/twilio/media``).
@@ -30,6 +31,7 @@ import ssl
 import sys
 import time
 import warnings
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -50,7 +52,7 @@ GREETING = os.environ.get("GATEWAY_GREETING", "")
 VOICE = os.environ.get("GATEWAY_VOICE", "marin")
 MODEL = os.environ.get("GATEWAY_MODEL", "gpt-realtime")
 INSTRUCTIONS = os.environ.get("GATEWAY_INSTRUCTIONS", "You are a helpful phone assistant. Keep answers short.")
-HOST = os.environ.get("GATEWAY_HOST", "0.0.0.0")
+HOST = os.environ.get("GATEWAY_HOST", "127.0.0.1")
 PORT = int(os.environ.get("GATEWAY_PORT", "8080"))
 MEDIA_PORT = int(os.environ.get("NAIVE_MEDIA_PORT", str(PORT + 1)))
 MEDIA_URL = os.environ.get("NAIVE_MEDIA_URL") or (
@@ -58,7 +60,7 @@ MEDIA_URL = os.environ.get("NAIVE_MEDIA_URL") or (
 PCM16 = AUDIO_MODE == "pcm16"
 
 
-def session_update(call_sid: str) -> dict:
+def session_update(call_sid: str) -> dict[str, Any]:
     fmt = {"type": "audio/pcm", "rate": 24000} if PCM16 else {"type": "audio/pcmu"}
     return {
         "type": "session.update",
@@ -82,7 +84,7 @@ async def incoming_call(request: web.Request) -> web.Response:
     return web.Response(text=twiml, content_type="text/xml")
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 

@@ -1,8 +1,9 @@
 """Smoke test of ``python -m bench load``: a short real run (20 calls, ~4 s of steady state, one
 worker, ``--profile``) through the real ``gateway serve`` and simulator processes. Asserts
 correctness outputs only (no audio lost or duplicated, no errors or violations, report files
-written, a profile section: py-spy's breakdown, or why it was unavailable) and that no process is
-left behind; never speed (the machine may be shared)."""
+written, a profile section: py-spy's breakdown, or why it was unavailable), that load.json has
+the recorded set of keys (``data/load_json_keys.txt``) and that no process is left behind; never
+speed (the machine may be shared)."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,22 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = "BENCH_SMOKE_TAG"
+# Every key path of the load.json of this smoke run, as the bench wrote it when the file was
+# recorded: a key added, renamed or dropped fails the test (update the file on purpose).
+LOAD_JSON_KEYS = Path(__file__).with_name("data") / "load_json_keys.txt"
+# Objects keyed by data (problem kinds, outcomes, error codes, metric label values): their keys
+# vary from run to run, so only their own path counts.
+DATA_KEYED = (
+    "correctness.problem_kinds", "correctness.outcomes", "correctness.upstream_errors",
+    "gateway_metrics.upstream_errors", "gateway_metrics.protocol_errors", "gateway_metrics.rejected_calls",
+    "gateway_metrics.calls_ended", "gateway_metrics.interrupts",
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the bench reads /proc")
 
@@ -37,6 +49,38 @@ def _tagged_processes(tag: str) -> list[int]:
     return found
 
 
+def key_paths(obj: Any, prefix: str = "") -> set[str]:
+    """Dotted paths of every object key (``[]`` for list items, the union over them)."""
+    out: set[str] = set()
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            path = f"{prefix}.{key}" if prefix else key
+            out.add(path)
+            if not path.endswith(DATA_KEYED):
+                out |= key_paths(value, path)
+    elif isinstance(obj, list):
+        for item in obj:
+            out |= key_paths(item, prefix + "[]")
+    return out
+
+
+def expected_key_paths(data: dict) -> set[str]:
+    """The recorded key paths, adjusted for what this machine could not provide."""
+    expected = set(LOAD_JSON_KEYS.read_text(encoding="utf-8").split())
+    if data["environment"]["git"] is None:  # not run from a git checkout
+        expected -= {"environment.git.commit", "environment.git.dirty"}
+    if not data["runs"]["gateway"]["profile"]["available"]:  # py-spy could not run: only the reason
+        expected = {k for k in expected if not k.startswith("runs.gateway.profile.")}
+        expected |= {"runs.gateway.profile.available", "runs.gateway.profile.reason"}
+    return expected
+
+
+def test_key_paths():
+    data = {"a": 1, "runs": {"g": {"correctness": {"outcomes": {"completed": 20}}}}, "l": [{"x": 1}, {"y": [{}]}]}
+    assert key_paths(data) == {"a", "runs", "runs.g", "runs.g.correctness", "runs.g.correctness.outcomes",
+                               "l", "l[].x", "l[].y"}
+
+
 @pytest.mark.timeout(120)
 def test_load_smoke(tmp_path):
     out = tmp_path / "load"
@@ -53,6 +97,9 @@ def test_load_smoke(tmp_path):
     assert elapsed < 60, f"smoke run took {elapsed:.0f} s"
 
     data = json.loads((out / "load.json").read_text())
+    actual, expected = key_paths(data), expected_key_paths(data)
+    assert actual == expected, (f"load.json keys changed: new {sorted(actual - expected)}, "
+                                f"gone {sorted(expected - actual)}")
     for png in ("load_latency.png", "load_truncate_error.png", "load_timeline.png"):
         assert (out / png).stat().st_size > 1000
     assert data["environment"]["python"] and data["options"]["calls"] == 20

@@ -20,7 +20,8 @@ IO = ROOT + (";uv_run (core.c:464);uv__io_poll (linux.c:1546);uv__stream_io (str
              "loop___uv_stream_buffered_on_read (loop.c:114384);Py_DECREF (object.h:537)")
 PICOWS = ";".join(f"{f} (picows/picows.cpython-311-x86_64-linux-gnu.so)" for f in (
     "buffer_updated", "WSProtocol__process_new_data", "WSProtocol__invoke_on_ws_frame", "WSListener_on_ws_frame"))
-TWILIO = IO + ";" + PICOWS + ";TwilioMediaListener.on_ws_frame (gateway/twilio/media.py:36);Call.on_twilio (gateway/call.py:170)"
+TWILIO = (IO + ";" + PICOWS
+          + ";TwilioMediaListener.on_ws_frame (gateway/twilio/media.py:36);Call.on_twilio (gateway/call.py:170)")
 UPSTREAM = IO + ";" + PICOWS + ";UpstreamListener.on_ws_frame (gateway/openai/upstream.py:39)"
 WS_SEND = (";WSSender.send (gateway/ws.py:14);send (picows/picows.cpython-311-x86_64-linux-gnu.so);"
            "WSTransport__fast_write (picows/picows.cpython-311-x86_64-linux-gnu.so)")
@@ -28,7 +29,8 @@ TLS_WRITE = (";write_nocheck (aiofastnet/ssl_transport.cpython-311-x86_64-linux-
              "SSLTransportBase__write_impl (aiofastnet/ssl_transport.cpython-311-x86_64-linux-gnu.so)")
 FLUSH = (";SSLTransport_Socket__flush_outgoing_bio (aiofastnet/ssl_transport.cpython-311-x86_64-linux-gnu.so);"
          "utils_aiofn_write (aiofastnet/utils.cpython-311-x86_64-linux-gnu.so)")
-SSL_WRITE = ";SSLEngineDirect_write (aiofastnet/ssl_engine_direct.cpython-311-x86_64-linux-gnu.so);SSL_write (libssl.so.3)"
+SSL_WRITE = (";SSLEngineDirect_write (aiofastnet/ssl_engine_direct.cpython-311-x86_64-linux-gnu.so);"
+             "SSL_write (libssl.so.3)")
 TICK = (ROOT + ";uv_run (core.c:480);uv__run_timers (timer.c:185);TimerHandle__run (loop.c:74185);"
         "Gateway._tick (gateway/server.py:251);GatewayMetrics.flush (gateway/metrics.py:135);"
         "Counter.inc (prometheus_client/metrics.py:342)")
@@ -42,10 +44,12 @@ RAW = "\n".join([
     "0x7f7b012424c3 (libcrypto.so.3) 4",  # AES-GCM
     TWILIO + WS_SEND + TLS_WRITE + SSL_WRITE + ";0x7f7b06279269 (libssl.so.3);free (libc.so.6);"
     "0x7f7b098b4120 (libc.so.6) 1",  # malloc/free inside OpenSSL: TLS, not unrecognised libc
-    TWILIO + ";media_to_append (_fastpath/_compiled/framing.pyx:624);framing__lit (_fastpath/_compiled/framing.pyx:103);"
+    TWILIO + ";media_to_append (_fastpath/_compiled/framing.pyx:624);"
+    "framing__lit (_fastpath/_compiled/framing.pyx:103);"
     "PyBytes_GET_SIZE (bytesobject.h:45);Py_SIZE (object.h:142) 3",  # header inline inside Cython: fast path
     UPSTREAM + ";Call.on_upstream (gateway/call.py:333) 2",
-    UPSTREAM + ";Call.on_upstream (gateway/call.py:345);0x7f7b090ec4c6 (orjson/orjson.cpython-311-x86_64-linux-gnu.so) 1",
+    UPSTREAM + ";Call.on_upstream (gateway/call.py:345);"
+    "0x7f7b090ec4c6 (orjson/orjson.cpython-311-x86_64-linux-gnu.so) 1",
     IO + ";utils_aiofn_unpack_simple_buffer (aiofastnet/utils.cpython-311-x86_64-linux-gnu.so) 2",
     TWILIO + WS_SEND.rsplit(";", 1)[0] + " 1",  # leaf is picows's own `send`, not libc's
     ROOT + ";uv_run (core.c:464);uv__io_poll (linux.c:1446) 2",
@@ -75,8 +79,8 @@ def test_collapsed_stacks_are_split_into_categories():
     assert top["getpid (libc.so.6)"] == ("Python other", 2)
     assert s["top_leaves"][0]["frame"] == "send (libc.so.6)" and len(s["top_leaves"]) == 10
 
-    text = profile.render({"available": True, "rate_hz": 200, "workers": [{"pid": 11596, "file": "x/profile-worker-11596.txt"}],
-                           **s})
+    workers = [{"pid": 11596, "file": "x/profile-worker-11596.txt"}]
+    text = profile.render({"available": True, "rate_hz": 200, "workers": workers, **s})
     assert "idle 50.0%, busy 50.0%" in text and "send (socket send/write, kernel)" in text
 
 

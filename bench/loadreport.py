@@ -1,0 +1,240 @@
+"""What a load run reports: the JSON of each run, the issue's targets, the ratios to the
+baselines and the text table (one column per run). Pure functions of the runs' figures."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .loadfigures import RunOutput
+from .profile import render as render_profile
+from .report import fmt, render_table
+from .settings import Settings
+
+# Targets (reported against, never asserted).
+CPU_TARGET_MS = {("passthrough", False): 0.5, ("passthrough", True): 0.8, ("pcm16", False): 1.0, ("pcm16", True): 1.0}
+P99_LATENCY_TARGET_MS = 5.0
+INTERRUPT_P99_TARGET_MS = 5.0
+TRUNCATE_P99_TARGET_MS = 20.0
+MEMORY_TARGET_KIB = 64.0
+NAIVE_RATIO_TARGET = 5.0
+
+Run = dict[str, Any]  # one run's JSON (``json_run``)
+
+
+# ==================================================================================== JSON
+def latency_histogram(values: np.ndarray) -> dict[str, Any]:
+    """Counts over log-spaced bins from 10 µs to 10 s (for the JSON)."""
+    edges = np.logspace(-2, 4, 61)
+    counts, _ = np.histogram(np.clip(values, edges[0], edges[-1]), bins=edges) if values.size else (np.zeros(60), None)
+    return {"edges_ms": [round(float(e), 5) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def json_run(out: RunOutput) -> Run:
+    raw = out.raw
+    return {
+        **out.summary,
+        "distributions": {
+            "inbound_latency": latency_histogram(raw["lat_in"]),
+            "outbound_latency": latency_histogram(raw["lat_out"]),
+            "truncate_error_ms": [round(float(x), 2) for x in raw["truncate_err"]],
+            "speech_started_to_clear_ms": [round(float(x), 3) for x in raw["interrupt"]],
+        },
+        "samples": [[round(s.t, 2), s.up, round(s.cpu_s, 3), s.rss] for s in out.samples],
+    }
+
+
+# ==================================================================================== targets, ratios
+def cpu_target_ms(st: Settings) -> float:
+    return CPU_TARGET_MS[(st.mode, st.tls)]
+
+
+def _miss(value: float, target: float, higher_is_better: bool, unit: str) -> str:
+    if higher_is_better:
+        return f"short by {target - value:.3g}{unit} ({(target - value) / target:.0%})"
+    return f"over by {value - target:.3g}{unit} (+{(value - target) / target:.0%})"
+
+
+def _target(name: str, value: float | None, target: float, higher: bool, unit: str, note: str = "") -> dict[str, Any]:
+    if value is None:
+        return {"name": name, "value": None, "target": target, "met": None, "note": note or "not measured"}
+    met = value >= target if higher else value <= target
+    return {"name": name, "value": value, "target": target, "higher_is_better": higher, "unit": unit,
+            "met": met, "miss": None if met else _miss(value, target, higher, unit), "note": note}
+
+
+def evaluate_targets(st: Settings, runs: dict[str, Run]) -> list[dict[str, Any]]:
+    """The issue's targets against the gateway run (reported, never asserted)."""
+    g = runs.get("gateway")
+    if g is None:
+        return []
+    cpu_t = cpu_target_ms(st)
+    label = f"{st.mode}{' + TLS' if st.tls else ' plain'}"
+    lat = g["latency_ms"]
+    p99 = max((x["p99"] for x in (lat["inbound"], lat["outbound"]) if x["p99"] is not None), default=None)
+    note = "target is for 1,000 calls on one worker" if (st.calls != 1000 or st.workers != 1) else ""
+    gm = g.get("gateway_metrics", {}).get("interrupt_to_clear_ms", {})
+    tr = g["truncate_error_ms"]
+    out = [
+        _target(f"CPU per call-second, {label} (ms)", g["cpu"]["per_call_second_ms"], cpu_t, False, " ms"),
+        _target("calls per core", g["cpu"]["calls_per_core"], 1 / cpu_t * 1000, True, ""),
+        _target("p99 added latency, worse direction (ms)", p99, P99_LATENCY_TARGET_MS, False, " ms", note),
+        _target("interrupt latency p99 inside the gateway (ms)", gm.get("p99"), INTERRUPT_P99_TARGET_MS, False, " ms",
+                "gateway_interrupt_to_clear_seconds (bucket interpolation)"),
+        _target("truncate error p99 (ms)", tr["p99"], TRUNCATE_P99_TARGET_MS, False, " ms",
+                f"at {st.latency_ms:g} ± {st.jitter_ms:g} ms" + ("" if (st.latency_ms, st.jitter_ms) == (40, 10)
+                                                                  else "; target is at 40 ± 10 ms")),
+        _target("memory per call (KiB)", g["memory"]["per_call_kib"], MEMORY_TARGET_KIB, False, " KiB"),
+    ]
+    naive = runs.get("naive")
+    if naive is not None:
+        a, b = g["cpu"]["per_call_second_ms"], naive["cpu"]["per_call_second_ms"]
+        out.append(_target("CPU per call vs naive baseline (×less)", b / a if a and b else None, NAIVE_RATIO_TARGET,
+                           True, "×"))
+    return out
+
+
+def ratios(runs: dict[str, Run]) -> dict[str, dict[str, float | None]]:
+    """Each baseline's figures over the gateway's (> 1: the gateway is cheaper or faster)."""
+    g = runs.get("gateway")
+    out = {}
+    for name, r in runs.items():
+        if name == "gateway" or g is None:
+            continue
+        a, b = g["cpu"]["per_call_second_ms"], r["cpu"]["per_call_second_ms"]
+        ma, mb = g["memory"]["per_call_kib"], r["memory"]["per_call_kib"]
+        la = g["latency_ms"]["inbound"]["p99"], g["latency_ms"]["outbound"]["p99"]
+        lb = r["latency_ms"]["inbound"]["p99"], r["latency_ms"]["outbound"]["p99"]
+        out[name] = {
+            "cpu_per_call_second": b / a if a and b else None,  # > 1: the gateway is cheaper
+            "memory_per_call": mb / ma if ma and mb else None,
+            "p99_inbound_latency": lb[0] / la[0] if la[0] and lb[0] else None,
+            "p99_outbound_latency": lb[1] / la[1] if la[1] and lb[1] else None,
+        }
+    return out
+
+
+# ==================================================================================== the table
+def _joined(get: Callable[[Run], dict[str, Any]], keys: tuple[str, ...], digits: int) -> Callable[[Run], str]:
+    """A cell showing several fields of one dict of the run, ``/``-separated."""
+    return lambda r: "/".join(fmt(get(r)[q], digits) for q in keys)
+
+
+def _kernel_share_pct(r: Run) -> float | None:
+    return r["cpu"]["kernel_share"] * 100 if r["cpu"].get("kernel_share") is not None else None
+
+
+# (label, the figure of one run, decimals of a float figure): one row each, in this order
+ROWS: tuple[tuple[str, Callable[[Run], Any], int], ...] = (
+    ("concurrent calls", lambda r: r["calls"], 2),
+    ("CPU per call-second (ms)", lambda r: r["cpu"]["per_call_second_ms"], 3),
+    ("calls per core", lambda r: r["cpu"]["calls_per_core"], 0),
+    ("  net of idle CPU (ms per call-s)", lambda r: r["cpu"]["per_call_second_ms_net_of_idle"], 3),
+    ("  idle CPU (% of a core)", lambda r: r["cpu"]["idle_cpu_share"] * 100, 1),
+    ("CPU in window (s)", lambda r: r["cpu"]["window_cpu_s"], 2),
+    ("  relative to the simulators' CPU", lambda r: r["cpu"]["vs_simulators"], 3),
+    ("  of which in the kernel (%)", _kernel_share_pct, 0),
+    ("RSS idle -> peak (MiB)", lambda r: f"{r['memory']['idle_rss_mib']:.1f} -> {r['memory']['peak_rss_mib']:.1f}", 2),
+    ("memory per call (KiB)", lambda r: r["memory"]["per_call_kib"], 1),
+    ("inbound latency p50/p99/max (ms)", _joined(lambda r: r["latency_ms"]["inbound"], ("p50", "p99", "max"), 2), 2),
+    ("outbound latency p50/p99/max (ms)", _joined(lambda r: r["latency_ms"]["outbound"], ("p50", "p99", "max"), 2), 2),
+    ("speech_started->clear p50/p99 (ms)", _joined(lambda r: r["interrupt_ms_sims"], ("p50", "p99"), 2), 2),
+    ("gateway interrupt->clear p50/p99 (ms)",
+     _joined(lambda r: r["gateway_metrics"]["interrupt_to_clear_ms"], ("p50", "p99"), 3), 2),
+    ("truncate error |ms| p50/p99/max", _joined(lambda r: r["truncate_error_ms"], ("p50", "p99", "max"), 1), 2),
+    ("caller speech -> audio stopped p50 (ms)", lambda r: r["stop_ms"]["p50"], 0),
+    ("event-loop lag p99 (ms, buckets)", lambda r: r["gateway_metrics"]["event_loop_lag_ms"]["p99"], 1),
+    ("turns / barge-ins (clears) / truncates",
+     lambda r: f"{r['conversation']['turns']} / {r['conversation']['clears']} / {r['conversation']['truncates']}", 2),
+    ("calls with problems", lambda r: f"{r['correctness']['calls_with_problems']}/{r['calls_judged']}", 2),
+    ("audio lost (calls) / gaps / dups", lambda r: f"{r['correctness']['inbound_lost_calls_over_tolerance']} / "
+                                                   f"{r['correctness']['outbound_gaps']} / "
+                                                   f"{r['correctness']['outbound_duplicates']}", 2),
+    ("underruns", lambda r: r["correctness"]["underruns"], 2),
+    ("upstream errors / violations", lambda r: f"{sum(r['correctness']['upstream_errors'].values())} / "
+                                               f"{r['correctness']['upstream_violations']}", 2),
+    ("Twilio violations", lambda r: r["correctness"]["twilio_violations"], 2),
+    ("Twilio sims: frame lag p99/max (ms)",
+     _joined(lambda r: r["generators"]["window_frame_lag_ms"], ("p99", "max"), 1), 2),
+    ("  CallRecord late sends / max lag (ms)",
+     lambda r: f"{r['generators']['late_sends']} / {r['generators']['max_lag_ms']:.1f}", 2),
+    ("OpenAI sim: delta lag p99/max (ms)",
+     _joined(lambda r: r["openai_sim"]["window_delta_lag_ms"], ("p99", "max"), 1), 2),
+    ("machine CPU busy in window", lambda r: f"{r['cpu']['machine_busy_share']:.0%} of {r['cpu']['cpus']} CPUs", 2),
+    ("waiting for a CPU: system / sims", lambda r: "{:.1%} / {:.1%}".format(
+        r["cpu"]["contention"]["system_under_test"]["runqueue_wait_share"],
+        r["cpu"]["contention"]["simulators"]["runqueue_wait_share"]), 2),
+    ("  per wake-up, system (ms)", lambda r: r["cpu"]["contention"]["system_under_test"]["runqueue_wait_per_wakeup_ms"],
+     3),
+)
+
+
+def _cell(run: Run, get: Callable[[Run], Any], digits: int) -> str:
+    try:
+        return fmt(get(run), digits)
+    except (KeyError, TypeError):
+        return "-"
+
+
+def figures_table(runs: dict[str, Run]) -> str:
+    """One row per figure (``ROWS``), one column per run."""
+    rows = [[label, *(_cell(r, get, digits) for r in runs.values())] for label, get, digits in ROWS]
+    return render_table(["figure", *runs], rows)
+
+
+def warning_lines(runs: dict[str, Run]) -> list[str]:
+    """``!`` lines: runs whose figures the machine distorted, and runs with problems."""
+    lines = []
+    for n, r in runs.items():
+        if r["generators"]["fell_behind"] or r["openai_sim"]["fell_behind"]:
+            g, o = r["generators"], r["openai_sim"]
+            lines.append(f"! {n}: the simulators fell behind in the window (Twilio frames: max "
+                         f"{fmt(g['window_frame_lag_ms']['max'], 0)} ms late, {g['window_late_share']:.2%} > 20 ms; "
+                         f"OpenAI deltas: max {fmt(o['window_delta_lag_ms']['max'], 0)} ms late, "
+                         f"{o['window_late_share']:.2%} > 20 ms): latencies include their delay")
+        if r["cpu"]["machine_saturated"]:
+            lines.append(f"! {n}: the machine was saturated ({r['cpu']['machine_busy_share']:.0%} of "
+                         f"{r['cpu']['cpus']} CPUs busy; {n} waited for a CPU "
+                         f"{r['cpu']['contention']['system_under_test']['runqueue_wait_share']:.0%} of the time, the "
+                         f"simulators {r['cpu']['contention']['simulators']['runqueue_wait_share']:.0%}): latencies "
+                         f"include CPU run-queue waits")
+        if r["correctness"]["calls_with_problems"]:
+            lines.append(f"! {n}: {r['correctness']['calls_with_problems']} calls with problems: "
+                         + "; ".join(f"{k} ×{v}" for k, v in list(r["correctness"]["problem_kinds"].items())[:6]))
+    return lines
+
+
+def ratio_lines(rat: dict[str, dict[str, float | None]]) -> list[str]:
+    return [f"vs {name}: {name} uses {fmt(x['cpu_per_call_second'])}× the gateway's CPU per call-second, "
+            f"{fmt(x['memory_per_call'])}× its memory per call; p99 latency in/out "
+            f"{fmt(x['p99_inbound_latency'])}×/{fmt(x['p99_outbound_latency'])}×"
+            for name, x in rat.items()]
+
+
+def target_lines(targets: list[dict[str, Any]]) -> list[str]:
+    lines = ["targets (gateway run; reported, not asserted):"]
+    for t in targets:
+        if t["met"] is None:
+            verdict = f"n/a  ({t['note']})"
+        else:
+            verdict = "MET" if t["met"] else f"NOT MET, {t['miss']}"
+            if t.get("note"):
+                verdict += f"  [{t['note']}]"
+        value = fmt(t["value"], 3) if t["value"] is not None else "-"
+        cmp = "≥" if t.get("higher_is_better") else "≤"
+        lines.append(f"  {t['name']:<46} {value:>10}  target {cmp} {fmt(float(t['target']), 3):<8} {verdict}")
+    return lines
+
+
+def render_report(runs: dict[str, Run], targets: list[dict[str, Any]], rat: dict[str, dict[str, float | None]]) -> str:
+    """The table, its warnings, the ratios to the baselines, the targets and the profile."""
+    lines = [figures_table(runs), *warning_lines(runs)]
+    if rat:
+        lines += ["", *ratio_lines(rat)]
+    if targets:
+        lines += ["", *target_lines(targets)]
+    profile = runs.get("gateway", {}).get("profile")
+    if profile is not None:
+        lines += ["", render_profile(profile)]
+    return "\n".join(lines)
