@@ -56,7 +56,8 @@ def speech_like(ms: int, rate: int) -> bytes:
 
 
 def twilio_media(ulaw: bytes) -> bytes:
-    """Inbound Twilio ``media`` message, key order and types as in PROTOCOLS.md A.3."""
+    """Inbound Twilio ``media`` message, key order and types as the fast path assumes them
+    (docs/protocols/twilio.md#what-the-fast-path-assumes)."""
     return orjson.dumps({
         "event": "media", "sequenceNumber": "4",
         "media": {"track": "inbound", "chunk": "2", "timestamp": "5",
@@ -66,7 +67,7 @@ def twilio_media(ulaw: bytes) -> bytes:
 
 
 def audio_delta(audio: bytes) -> bytes:
-    """``response.output_audio.delta`` as in PROTOCOLS.md B.4."""
+    """``response.output_audio.delta`` as in docs/protocols/openai-realtime.md#response-events."""
     return orjson.dumps({
         "type": "response.output_audio.delta", "event_id": "event_CJ3ZrbYXNnU1ZYPqMz4aA",
         "response_id": "resp_CJ3ZqGx2YB8m0Rk7tLwVd", "item_id": ITEM_ID,

@@ -21,7 +21,7 @@ with warnings.catch_warnings():
 
 __all__ = ["BYTES_PER_MS", "AudioBank", "audio_bank", "frame_rms"]
 
-#: Bytes per millisecond of each GA audio format (PROTOCOLS.md B.5).
+#: Bytes per millisecond of each GA audio format (docs/protocols/openai-realtime.md#audio-formats).
 BYTES_PER_MS = {"audio/pcmu": 8, "audio/pcma": 8, "audio/pcm": 48}
 _RATE = {"audio/pcmu": 8000, "audio/pcma": 8000, "audio/pcm": 24000}
 _RMS_DBFS = -18.0  # long-term level of the generated speech

@@ -16,7 +16,7 @@ with warnings.catch_warnings():  # stdlib audioop (3.11/3.12) or audioop-lts (3.
 
 __all__ = ["FRAME_BYTES", "SILENCE_FRAME", "CallScript", "Turn", "speech_pool"]
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law, Twilio's inbound frame size (A.3)
+FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law, Twilio's inbound frame size (docs/protocols/twilio.md#cadence)
 SILENCE_FRAME = b"\xff" * FRAME_BYTES  # μ-law +0
 POOL_FRAMES = 50  # 1 s of noise, cycled; a multiple of the frame size so frames are shared objects
 

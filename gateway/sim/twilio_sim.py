@@ -1,9 +1,9 @@
-"""Twilio simulator: plays Twilio's side of phone calls against the gateway (PROTOCOLS A and D).
+"""Twilio simulator: plays Twilio's side of phone calls against the gateway (docs/protocols/twilio.md).
 
 One call = signed voice webhook POST -> TwiML -> signed WebSocket upgrade to ``<Stream url>`` ->
 ``connected``, ``start``, a ``media`` frame every 20 ms of caller audio (``CallScript``) -> ``stop`` and
-close. Outbound ``media``/``mark``/``clear`` are validated exactly (A.4) and played out in continuous
-time at 8 bytes/ms; marks are echoed when the playhead passes them or a clear flushes them.
+close. Outbound ``media``/``mark``/``clear`` are validated exactly (twilio.md#messages-to-twilio) and
+played out in continuous time at 8 bytes/ms; marks are echoed when the playhead passes them or a clear flushes them.
 
 Time model: the simulator's clock is the Twilio media server's. A message from the gateway takes
 effect ``latency ± jitter`` after it reaches the socket; a message to the gateway is written
@@ -223,7 +223,7 @@ class TwilioCall(WSListener):
         self._inject(lambda now: self._emit(now, data, None, not isinstance(data, str)))
 
     def send_dtmf(self, digit: str) -> None:
-        """Send a ``dtmf`` event (A.3) now."""
+        """Send a ``dtmf`` event (twilio.md#message-shapes) now."""
         def emit(now: float) -> None:
             self._seq += 1
             self._emit(now, orjson.dumps({
@@ -315,7 +315,7 @@ class TwilioCall(WSListener):
         return None
 
     async def _connect(self, stream: ET.Element) -> WSTransport | None:
-        """Open the media WebSocket the way Twilio does (A.2, A.5.3); None if that failed."""
+        """Open the media WebSocket the way Twilio does (twilio.md#the-media-websocket-upgrade); None if that failed."""
         cfg, rec = self.sim.config, self.record
         url = stream.get("url") or ""
         if url and not urlsplit(url).scheme:  # relative to the webhook URL
@@ -404,7 +404,7 @@ class TwilioCall(WSListener):
         self._schedule_next()
 
     def _status_callback(self, event: str) -> None:
-        """Stream statusCallback (A.1.2), if the TwiML asked for one."""
+        """Stream statusCallback (twilio.md#stream-status-callback), if the TwiML asked for one."""
         if self._status_cb is None:
             return
         url, method, name = self._status_cb
@@ -535,7 +535,7 @@ class TwilioCall(WSListener):
                 self._end(n)
 
     def _apply(self, e: float, kind: int, obj: Any) -> None:  # obj: HeardChunk, MarkEcho or ClearRecord by kind
-        """An outbound gateway message takes effect at Twilio time ``e`` (A.4 playout)."""
+        """An outbound gateway message takes effect at Twilio time ``e`` (twilio.md#playback-buffer-marks-and-clear)."""
         if kind == _MEDIA:
             if self._play_end <= e:  # audio on an empty buffer: a new segment, maybe a new run
                 if self._seg_start is not None:
@@ -747,7 +747,7 @@ class TwilioCall(WSListener):
         self.record.violations.append((code, detail))
 
     def _on_message(self, data: bytes, binary: bool) -> None:
-        """Validate one gateway frame exactly against A.4 and queue its effect."""
+        """Validate one gateway frame exactly against twilio.md#messages-to-twilio and queue its effect."""
         now = self._loop.time()
         rec = self.record
         if binary:

@@ -1,4 +1,6 @@
-"""Twilio request signatures (``X-Twilio-Signature``, PROTOCOLS A.5) as small pure functions.
+"""Twilio request signatures (``X-Twilio-Signature``) as small pure functions.
+
+The algorithm and its URL variants: docs/protocols/twilio.md#signature-validation.
 
 Used by the Twilio simulator to sign what it sends and by the gateway to validate what it receives.
 Semantics follow twilio-python's ``RequestValidator``: HMAC-SHA1 over ``url + name1 + value1 + …``
@@ -30,7 +32,7 @@ def _sorted_pairs(params: Mapping[str, str]) -> Iterator[tuple[str, str]]:
 def compute_signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
     """Signature Twilio sends for a request to ``url`` (exactly as given) with form ``params``.
 
-    GET requests, WebSocket upgrades and JSON bodies (A.5.2) are signed with no params.
+    GET requests, WebSocket upgrades and JSON bodies (twilio.md#json-bodies) are signed with no params.
     """
     data = url
     if params:
@@ -40,7 +42,7 @@ def compute_signature(auth_token: str, url: str, params: Mapping[str, str] | Non
 
 
 def body_sha256(body: bytes | str) -> str:
-    """Lower-case hex SHA-256 of a raw request body: the ``bodySHA256`` query value (A.5.2)."""
+    """Lower-case hex SHA-256 of a raw request body: the ``bodySHA256`` query value (twilio.md#json-bodies)."""
     if isinstance(body, str):
         body = body.encode("utf-8")
     return hashlib.sha256(body).hexdigest()
@@ -48,7 +50,8 @@ def body_sha256(body: bytes | str) -> str:
 
 def _url_candidates(url: str) -> list[str]:
     """``url`` plus the forms Twilio may have signed: credentials removed, default port added or
-    any port removed (A.5.1) and, for ws/wss only, a trailing ``/`` appended to the path (A.5.3)."""
+    any port removed and, for ws/wss only, a trailing ``/`` appended to the path
+    (docs/protocols/twilio.md#url-variants)."""
     parts = urlsplit(url)
     hostport = parts.netloc.rpartition("@")[2]
     host, sep, port = hostport.rpartition(":")
@@ -83,7 +86,7 @@ def validate_signature(
     ``url`` is the *public* URL Twilio requested (rebuild it from the configured public base URL,
     never from what a proxy forwarded). ``params``: the form fields of a form-encoded POST (all of
     them, untrimmed); ``None``/``{}`` for GET and WebSocket upgrades; or the raw body (``str``/
-    ``bytes``) of a JSON request, whose ``bodySHA256`` query value is then checked as well (A.5.2).
+    ``bytes``) of a JSON request, whose ``bodySHA256`` query value is then checked as well (twilio.md#json-bodies).
     Port variants and, for ws/wss, the trailing-slash variant are accepted; comparisons are
     constant-time.
     """

@@ -52,7 +52,7 @@ def test_barge_in_during_generation(run, audio_mode):
 
 @pytest.mark.parametrize("audio_mode", ["passthrough", "pcm16"])
 def test_barge_in_after_generation_while_twilio_plays(run, audio_mode):
-    """The SEED bug: generation finished long ago, Twilio still plays; clear + truncate anyway."""
+    """The seed bug (docs/barge-in.md): generation finished long ago, Twilio still plays; clear + truncate anyway."""
     async def scenario():
         async with stack(audio_mode) as st:
             record, report = await st.call(CallScript(duration_ms=4000,

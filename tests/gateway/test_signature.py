@@ -1,4 +1,5 @@
-"""X-Twilio-Signature helpers (PROTOCOLS A.5) against the published vectors and the URL variants."""
+"""X-Twilio-Signature helpers against the published vectors and the URL variants
+(docs/protocols/twilio.md#signature-validation)."""
 from __future__ import annotations
 
 import base64
@@ -10,14 +11,14 @@ from multidict import MultiDict
 
 from gateway.twilio.signature import body_sha256, compute_signature, validate_signature
 
-# A.5.1 test vector (Twilio docs; recomputed in PROTOCOLS.md)
+# test vector of Twilio's docs (docs/protocols/twilio.md#algorithm)
 TOKEN = "12345"
 URL = "https://example.com/myapp.php?foo=1&bar=2"
 PARAMS = {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675310", "Digits": "1234",
           "From": "+14158675310", "To": "+18005551212"}
 SIGNATURE = "L/OH5YylLD5NRKLltdqwSvS0BnU="
 
-# A.5.2 vector
+# JSON body vector (docs/protocols/twilio.md#json-bodies)
 JSON_BODY = '{"CallSid":"CA1234567890ABCDE","Caller":"+12349013030"}'
 BODY_HASH = "5ccde7145dfb8f56479710896586cb9d5911809d83afbe34627818790db0aec9"
 
@@ -78,7 +79,7 @@ def test_multivalue_params_sorted():
     ("http://example.com/v", "http://example.com:8080/v"),
     ("https://example.com/v?a=1", "https://user:pw@example.com/v?a=1"),  # credentials not signed
     ("wss://gw.example.com/twilio/media", "wss://gw.example.com:443/twilio/media"),
-    ("wss://gw.example.com/twilio/media/", "wss://gw.example.com/twilio/media"),  # A.5.3 trailing slash
+    ("wss://gw.example.com/twilio/media/", "wss://gw.example.com/twilio/media"),  # trailing slash
     ("wss://gw.example.com:443/twilio/media/", "wss://gw.example.com/twilio/media"),
 ])
 def test_url_variants_accepted(signed, requested):

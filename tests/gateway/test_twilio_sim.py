@@ -250,7 +250,7 @@ def test_signatures_message_shapes_and_cadence(loop):
     assert rec.close_code == 1000 and rec.closed_by == "twilio"
     assert conn.close_payload[:2] == (1000).to_bytes(2, "big")
 
-    # stream status callbacks (A.1.2): signed form POSTs
+    # stream status callbacks (docs/protocols/twilio.md#stream-status-callback): signed form POSTs
     assert [e for e, _ in rec.status_callbacks] == ["stream-started", "stream-stopped"]
     assert [status for _, status in rec.status_callbacks] == [200, 200]
     for (headers, form), event in zip(gw.status, ["stream-started", "stream-stopped"], strict=True):
