@@ -1,11 +1,12 @@
 """OpenAI Realtime API (GA) simulator over WebSocket, built on picows.
 
-Faithful to docs/protocols/openai-realtime.md (see "What the OpenAI simulator models" there):
-GA event names and shapes, every client event validated against the official openai-python schema
-(plus unknown keys), an energy VAD on appended audio, barge-in with in-flight deltas,
-truncate/cancel/active-response errors with the observed texts, and the session duration cap. Cheap enough for thousands of sessions: audio comes from a precomputed bank with cached
-base64, audio deltas are built from byte templates, and one shared timer paces every response
-(no task per session).
+Faithful to docs/protocols/openai-realtime.md (see "What the OpenAI simulator models" there): GA
+event names and shapes, every client event validated against the official openai-python schema (plus
+unknown keys), an energy VAD on appended audio, barge-in with in-flight deltas,
+truncate/cancel/active-response errors with the observed texts, and the session duration cap. Cheap
+enough for thousands of sessions: audio comes from a precomputed bank with cached base64, audio
+deltas are built from byte templates, and one shared timer paces every response (no task per
+session).
 
     sim = OpenAIRealtimeSim(OpenAISimConfig(response_ms=(600,)))
     url = await sim.start()               # ws://127.0.0.1:PORT/v1/realtime?model=gpt-realtime
