@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import _fastpath as fp
 from _fastpath import ProtocolError
 
+from .behaviour import CallBehaviour, Interruption, SessionPlan, Truncation
 from .caller_audio import CallerAudio
 from .config import Settings
 from .errors import TwilioProtocolError, UpstreamError, UpstreamProtocolError
@@ -33,12 +34,14 @@ from .openai import events as oa
 from .openai import server_events as se
 from .outcomes import EndReason, Outcome, Trigger, TwilioViolation, UpstreamFailure, UpstreamViolation
 from .playout import Playout
-from .responses import Responses
+from .responses import LOCAL_PREFIX, Responses
 from .sender import Sender
 from .stats import CallStats, count
 from .twilio import events as tw
 from .twilio.tokens import PARAMETER as TOKEN_PARAMETER
-from .twilio.tokens import TokenVerifier
+from .twilio.tokens import CallClaims, TokenVerifier
+
+BehaviourFactory = Callable[["Call", CallClaims], CallBehaviour]
 
 log = logging.getLogger("gateway.call")
 
@@ -65,8 +68,9 @@ class Call:
         settings: Settings,
         twilio: Sender,
         clock: Callable[[], float],
-        open_upstream: Callable[[Call], Any],
-        tokens: TokenVerifier | None = None,
+        open_upstream: Callable[[Call, str], Any],
+        make_behaviour: BehaviourFactory,
+        tokens: TokenVerifier,
         on_end: Callable[[Call], None] | None = None,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
     ) -> None:
@@ -82,20 +86,31 @@ class Call:
         self._twilio = twilio
         self._clock = clock
         self._open_upstream = open_upstream
+        self._make_behaviour = make_behaviour
         self._tokens = tokens
         self._on_end = on_end
+        self._call_later = call_later
         self._up: Sender | None = None
         self._direct_up: Sender | None = None  # set while streaming one frame per append: the hot path
         self._connecting: Any = None  # handle of the upstream connect in progress (has .cancel())
-        transcode = settings.audio_mode == "pcm16"
-        self.caller = CallerAudio(self.stats, settings.coalesce_frames, settings.max_pending_audio_ms, transcode)
-        self._in_resampler = self.caller.resampler
-        self.playout = Playout(twilio, self.stats, clock, settings.twilio_latency_ms, transcode, call_later)
-        self._pcm16 = transcode
+        self.behaviour = CallBehaviour()  # the agent's, once `start` says which agent
+        self._plan: SessionPlan | None = None
+        self._configure_audio(settings.audio_mode == "pcm16")
         self.responses = Responses()
-        self._greeted = False
         self._frames_seen = 0
         self._frames_seen_at = self.started_at
+        self._after_playout: list[Callable[[], None]] = []
+        self._expected_end: EndReason | None = None  # what Twilio's coming stop/close means
+        self._timers: set[Any] = set()
+        self._local_seq = 0
+
+    def _configure_audio(self, transcode: bool) -> None:
+        settings = self.settings
+        self.caller = CallerAudio(self.stats, settings.coalesce_frames, settings.max_pending_audio_ms, transcode)
+        self._in_resampler = self.caller.resampler
+        self.playout = Playout(self._twilio, self.stats, self._clock, settings.twilio_latency_ms, transcode,
+                               self._call_later)
+        self._pcm16 = transcode
 
     @property
     def ledger(self) -> fp.PlayoutLedger:
@@ -137,21 +152,26 @@ class Call:
             return
         info = event.start
         self.stream_sid, self.call_sid = event.streamSid, info.callSid
-        self.playout.stream_sid = event.streamSid
         params = info.customParameters
         self.custom_parameters = {k: v for k, v in params.items() if k != TOKEN_PARAMETER}
-        if self._tokens is not None:
-            rejection = self._tokens.verify(params.get(TOKEN_PARAMETER), info.callSid, time.time())
-            if rejection is not None:
-                count(self.stats.twilio_protocol_errors, f"call_token_{rejection}")
-                log.warning("media stream rejected: call token %s", rejection, extra=self.log_extra())
-                self.end(EndReason.CALL_TOKEN_REJECTED, rejection)
+        claims = self._tokens.verify(params.get(TOKEN_PARAMETER), info.callSid, time.time())
+        if not isinstance(claims, CallClaims):
+            if self.settings.secure:
+                count(self.stats.twilio_protocol_errors, f"call_token_{claims}")
+                log.warning("media stream rejected: call token %s", claims, extra=self.log_extra())
+                self.end(EndReason.CALL_TOKEN_REJECTED, claims)
                 return
+            claims = CallClaims()  # development mode: nothing is enforced, the default agent answers
+        self.behaviour = self._make_behaviour(self, claims)
+        plan = self._plan = self.behaviour.plan()
+        if (plan.audio_mode == "pcm16") != self._pcm16:
+            self._configure_audio(plan.audio_mode == "pcm16")
+        self.playout.stream_sid = event.streamSid
         self.state = State.STARTING
         log.info("stream started", extra=self.log_extra())
         # Probe marks on the empty buffer measure the latency to Twilio before any audio.
         self.playout.probe_burst()
-        self._connecting = self._open_upstream(self)
+        self._connecting = self._open_upstream(self, plan.model)
 
     def _on_media(self, event: tw.Media) -> None:
         self.stats.frames_in += 1
@@ -159,12 +179,14 @@ class Call:
 
     def _on_mark(self, event: tw.Mark) -> None:
         self.playout.on_mark(event.mark.name)
+        if self._after_playout:
+            self._check_played()
 
-    def _on_stop(self, event: tw.Stop) -> None:
-        self.end(EndReason.TWILIO_STOP)
+    def _on_stop(self, _event: tw.Stop) -> None:
+        self.end(self._expected_end or EndReason.TWILIO_STOP)
 
     def _on_dtmf(self, event: tw.Dtmf) -> None:
-        log.debug("dtmf", extra=self.log_extra())
+        self.behaviour.on_dtmf(event.dtmf.digit)
 
     def _on_connected(self, event: tw.Connected) -> None:
         pass
@@ -193,14 +215,16 @@ class Call:
         self._up = sender
         self._connecting = None
         self.stats.upstream_connect_s = connect_s
-        sender.send(oa.session_update(self.settings, f"{self.call_sid}:session"))
+        plan = self._plan
+        assert plan is not None
+        sender.send(oa.session_update(plan.session, f"{self.call_sid}:session"))
         self.state = State.STREAMING
         self.caller.upstream_ready(sender)
         if self.settings.coalesce_frames == 1:
             self._direct_up = sender
-        if self.settings.greeting and not self._greeted:
-            self._greeted = True
-            sender.send(oa.response_create(self.settings.greeting))
+        if plan.greeting:
+            sender.send(oa.response_create(plan.greeting))
+        self.behaviour.on_upstream_ready()
 
     def upstream_failed(self, exc: BaseException, code: UpstreamFailure | str) -> None:
         """The upstream could not be opened or broke: end this call cleanly."""
@@ -239,7 +263,11 @@ class Call:
             self._upstream_violation(exc.kind, str(exc))
             return
         if event is not None:
-            self._UPSTREAM_HANDLERS[type(event)](self, event)
+            handler = self._UPSTREAM_HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+            if self.state is State.STREAMING:
+                self.behaviour.on_event(event)
 
     def on_upstream_binary(self) -> None:
         self._upstream_violation(UpstreamViolation.BINARY_FRAME, "binary WebSocket frame")
@@ -263,7 +291,8 @@ class Call:
         self.interrupt(Trigger.SPEECH_STARTED)
 
     def _on_response_created(self, event: se.ResponseCreated) -> None:
-        self.responses.created(event.response.id)
+        metadata = event.response.metadata
+        self.responses.created(event.response.id, out_of_band=bool(metadata and "gateway" in metadata))
 
     def _on_output_item_added(self, event: se.OutputItemAdded) -> None:
         self.responses.item_added(event.item.id, event.response_id)
@@ -273,13 +302,15 @@ class Call:
             self.playout.drop_tail()
             self.playout.produced.pop(event.item_id, None)
         else:
-            self.playout.item_done(event.item_id)
+            self.behaviour.on_item_audio_done(event.item_id, self.playout.item_done(event.item_id))
 
     def _on_response_done(self, event: se.ResponseDone) -> None:
         # No more deltas can come for this response: forget its bookkeeping (bounded memory).
         for item_id in self.responses.done(event.response.id):
             self.playout.produced.pop(item_id, None)
         self.playout.abandon_tail()
+        if self._after_playout:
+            self._check_played()
 
     def _on_error(self, event: se.Error) -> None:
         error = event.error
@@ -356,24 +387,85 @@ class Call:
                 if produced_ms is not None and item_id not in planned:
                     plan.append((item_id, 0, max(0, int(produced_ms - self.playout.lead_ms))))
             acted = True
-        self._truncate(up, plan)
+        truncations = self._truncate(up, plan)
         self.playout.drop_tail()
         if acted:
             count(self.stats.interrupts, trigger)
             log.info("interrupt (%s): truncate=%s", trigger, plan, extra=self.log_extra())
+            self.behaviour.on_interrupt(Interruption(trigger, self._clock(), truncations))
         return acted
 
-    def _truncate(self, up: Sender, plan: list[tuple[str, int, int]]) -> None:
+    def _truncate(self, up: Sender, plan: list[tuple[str, int, int]]) -> list[Truncation]:
         action = self.settings.unheard_item_action
+        responses = self.responses
+        done: list[Truncation] = []
         for item_id, content_index, audio_end_ms in plan:
-            self.responses.interrupted_items.add(item_id)
-            self.playout.produced.pop(item_id, None)
+            responses.interrupted_items.add(item_id)
+            produced_ms = self.playout.produced.pop(item_id, None)
+            if not responses.truncatable(item_id):
+                continue  # local audio, or an out-of-band response's: not in the conversation
             if audio_end_ms == 0 and action != "truncate":
                 if action == "delete":
                     up.send(oa.item_delete(item_id))
                 continue
             up.send(oa.item_truncate(item_id, content_index, audio_end_ms))
             self.stats.truncations.append((item_id, audio_end_ms))
+            done.append(Truncation(item_id, audio_end_ms, produced_ms))
+        return done
+
+    # ------------------------------------------------------------------ CallControl (for the behaviour)
+    def now(self) -> float:
+        return self._clock()
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Any:
+        assert self._call_later is not None, "timers need a loop"
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            if self.state is not State.ENDED:
+                callback()
+
+        handle = self._call_later(delay_s, fire)
+        self._timers.add(handle)
+        return handle
+
+    def send_upstream(self, data: bytes) -> None:
+        if self._up is not None:
+            self._up.send(data)
+
+    @property
+    def response_active(self) -> bool:
+        return self.responses.active is not None
+
+    def play_local(self, tag: str, ulaw: bytes) -> None:
+        if self.state is State.STREAMING and ulaw:
+            self._local_seq += 1
+            self.playout.deliver(f"{LOCAL_PREFIX}{tag}-{self._local_seq}", 0, ulaw, len(ulaw) / 8.0)
+
+    def queued_ms(self) -> float:
+        return float(self.playout.ledger.queued_bytes) / 8.0
+
+    def stop_local(self) -> None:
+        if self.state is State.STREAMING:
+            self.playout.clear(self._clock())
+
+    def after_playout(self, callback: Callable[[], None], max_wait_s: float) -> None:
+        self._after_playout.append(callback)
+        self.call_later(max_wait_s, self._played_or_timeout)
+        self._check_played()
+
+    def expect_end(self, reason: EndReason | None) -> None:
+        """Twilio's coming stop or close is this reason (a REST hang-up or transfer was asked for)."""
+        self._expected_end = reason
+
+    def _check_played(self) -> None:
+        if self.responses.active is None and not self.playout.ledger.busy:
+            self._played_or_timeout()
+
+    def _played_or_timeout(self) -> None:
+        callbacks, self._after_playout = self._after_playout, []
+        for callback in callbacks:
+            callback()
 
     # ------------------------------------------------------------------ lifecycle
     def end(self, reason: EndReason, detail: str = "") -> None:
@@ -388,18 +480,29 @@ class Call:
             self._connecting.cancel()
             self._connecting = None
         self.playout.stop()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._after_playout.clear()
         if self._up is not None:
             self._up.close(1000, "call ended")
             self._up = None
         close_reason = f"{reason}: {detail}" if detail else str(reason)
         self._twilio.close(reason.close_code, close_reason[:120])
         log.info("call ended: %s", close_reason, extra=self.log_extra())
+        try:
+            self.behaviour.on_end(reason.outcome, close_reason)
+        except Exception:  # the call record must never keep a call from ending
+            log.exception("behaviour.on_end failed", extra=self.log_extra())
         if self._on_end is not None:
             self._on_end(self)
 
     def twilio_closed(self) -> None:
         """The Twilio socket went away (hang-up, network): end the call, close upstream."""
-        self.end(EndReason.TWILIO_DISCONNECTED if self.stream_sid else EndReason.TWILIO_GONE_BEFORE_START)
+        if not self.stream_sid:
+            self.end(EndReason.TWILIO_GONE_BEFORE_START)
+        else:
+            self.end(self._expected_end or EndReason.TWILIO_DISCONNECTED)
 
     def log_extra(self) -> dict[str, Any]:
         return {"call_sid": self.call_sid, "stream_sid": self.stream_sid}

@@ -41,7 +41,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"gateway: port 0 cannot be shared by {workers} workers (each would get its own random port); "
               "pick a port or use --workers 1", file=sys.stderr)
         return 2
+    from .agents.profiles import load as load_agents
+
+    try:
+        agents = load_agents(settings)  # a bad agents file stops here, in one line
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level, worker="supervisor")
+    log.info("agents from %s: %s", agents.source, ", ".join(agents.agents))
     log.info("settings %s", settings.public())
     from .runtime.supervisor import Supervisor
 

@@ -87,6 +87,25 @@ VARIABLES: tuple[Var, ...] = (
         "Bearer token of the control API (`POST /calls/{sid}/interrupt`); empty disables the API.", secret=True),
     Var("GATEWAY_INSECURE_DEV", "insecure_dev", False, _bool,
         "Allow running without TWILIO_AUTH_TOKEN (no signature or call-token checks). Never in production."),
+    Var("GATEWAY_AGENTS_FILE", "agents_file", "", str,
+        "Agent profiles (TOML: agents, tools, routes, prices; see docs/agents.md). Empty: one agent from the "
+        "variables above. Reloaded on SIGHUP."),
+    Var("GATEWAY_TOOL_SECRET", "tool_secret", "", str,
+        "HMAC key of `X-Gateway-Signature` on tool requests and call-record webhooks (required with HTTP tools).",
+        secret=True),
+    Var("GATEWAY_CALL_RECORDS_DIR", "call_records_dir", "", str,
+        "Directory of the call records (one JSONL file per UTC day). Empty: not written to disk."),
+    Var("GATEWAY_CALL_RECORD_WEBHOOK", "call_record_webhook", "", str,
+        "URL that receives each call record as a signed JSON POST (retried with backoff). Empty: off."),
+    Var("TWILIO_ACCOUNT_SID", "twilio_account_sid", "", str,
+        "Twilio account for the REST API (hang-up, transfer). Empty: end_call closes the media stream instead, "
+        "transfer_call is unavailable."),
+    Var("TWILIO_API_KEY", "twilio_api_key", "", str,
+        "Twilio API key SID (`SK…`) for the REST API; with TWILIO_API_SECRET. Default: the account SID with "
+        "TWILIO_AUTH_TOKEN."),
+    Var("TWILIO_API_SECRET", "twilio_api_secret", "", str, "Secret of TWILIO_API_KEY.", secret=True),
+    Var("TWILIO_API_BASE_URL", "twilio_api_base_url", "https://api.twilio.com", str,
+        "Base URL of Twilio's REST API (tests and the demo point it at the REST simulator)."),
     Var("GATEWAY_LOG_LEVEL", "log_level", "INFO", str, "DEBUG, INFO, WARNING, ERROR."),
     Var("GATEWAY_WORKERS", "workers", 0, int, "Worker processes of `gateway serve` (0 = one per CPU core)."),
     Var("GATEWAY_MAX_CALLS", "max_calls", 2000, int,
@@ -125,6 +144,14 @@ class Settings:
     call_token_ttl_s: int = 60
     control_token: str = dataclasses.field(default="", repr=False)
     insecure_dev: bool = False
+    agents_file: str = ""
+    tool_secret: str = dataclasses.field(default="", repr=False)
+    call_records_dir: str = ""
+    call_record_webhook: str = ""
+    twilio_account_sid: str = ""
+    twilio_api_key: str = ""
+    twilio_api_secret: str = dataclasses.field(default="", repr=False)
+    twilio_api_base_url: str = "https://api.twilio.com"
     log_level: str = "INFO"
     workers: int = 0
     max_calls: int = 2000
@@ -166,6 +193,13 @@ class Settings:
                 raise ConfigError("GATEWAY_PUBLIC_URL must be http(s)://host[:port][/prefix] without a query")
         if urlsplit(self.upstream_url).scheme not in ("ws", "wss"):
             raise ConfigError("GATEWAY_UPSTREAM_URL must be a ws:// or wss:// URL")
+        for name, url in (("GATEWAY_CALL_RECORD_WEBHOOK", self.call_record_webhook),
+                          ("TWILIO_API_BASE_URL", self.twilio_api_base_url)):
+            parts = urlsplit(url)
+            if url and (parts.scheme not in ("http", "https") or not parts.netloc):
+                raise ConfigError(f"{name} must be an http(s) URL")
+        if bool(self.twilio_api_key) != bool(self.twilio_api_secret):
+            raise ConfigError("TWILIO_API_KEY and TWILIO_API_SECRET go together")
         if not self.twilio_auth_token and not self.insecure_dev:
             raise ConfigError(
                 "TWILIO_AUTH_TOKEN is not set: refusing to start without Twilio signature validation. "
@@ -176,6 +210,17 @@ class Settings:
     def secure(self) -> bool:
         """Signatures and call tokens are enforced (a Twilio auth token is configured)."""
         return bool(self.twilio_auth_token)
+
+    @property
+    def twilio_rest_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for Twilio's REST API, or None when it is not configured."""
+        if not self.twilio_account_sid:
+            return None
+        if self.twilio_api_key:
+            return self.twilio_api_key, self.twilio_api_secret
+        if self.twilio_auth_token:
+            return self.twilio_account_sid, self.twilio_auth_token
+        return None
 
     @property
     def token_key(self) -> bytes:

@@ -89,10 +89,14 @@ async def voice_webhook(request: web.Request) -> web.Response:
         gw.count_rejected(reason)
         log.warning("call %s refused at webhook: %s", call_sid, reason)
         return web.Response(text=twiml.reject_busy(), content_type="text/xml")
-    parameters = {}
-    if settings.secure:
-        parameters[tokens.PARAMETER] = tokens.mint(settings.token_key, call_sid, time.time(), settings.call_token_ttl_s)
-    body = twiml.connect_stream(media_url(base), parameters)
+    called, requested = params.get("To", ""), request.query.get("agent")
+    agent, known = gw.agents.agents.route(called, requested)
+    if not known:
+        log.warning("call %s: webhook asked for agent %r, which does not exist; %r answers",
+                    call_sid, requested[:64] if requested else requested, agent)
+    claims = tokens.CallClaims(agent=agent, caller=params.get("From", ""), called=called)
+    token = tokens.mint(settings.token_key, call_sid, time.time(), settings.call_token_ttl_s, claims)
+    body = twiml.connect_stream(media_url(base), {tokens.PARAMETER: token})
     return web.Response(text=body, content_type="text/xml")
 
 

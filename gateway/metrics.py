@@ -33,6 +33,7 @@ LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CONNECT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 OFFSET_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+TOOL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
 
@@ -45,9 +46,11 @@ class Kind(enum.StrEnum):
 class Flush(NamedTuple):
     """One ``CallStats`` field flowing into a metric.
 
-    By the field's type: an int adds its increase (× ``scale``); a ``dict[str, int]`` adds each
-    key's increase with the key as the last label value; a list observes its new entries
-    (element ``pick`` of tuples, × ``scale``); an optional float is observed once when set.
+    By the field's type: an int adds its increase (× ``scale``); a dict of counts adds each key's
+    increase, the key (a string or a tuple) giving the last label values; a list observes its new
+    entries (a tuple's leading elements are label values when the metric has labels left, else
+    element ``pick``; × ``scale``); an optional value is counted (a counter, the value as label)
+    or observed (a histogram) once, when set.
     """
 
     field: str
@@ -96,6 +99,18 @@ METRICS: tuple[Metric, ...] = (
            flush=(Flush("upstream_errors"),)),
     Metric("gateway_protocol_errors_total", Kind.COUNTER, "Invalid peer messages, by side and kind.", ("side", "kind"),
            flush=(Flush("twilio_protocol_errors", ("twilio",)), Flush("upstream_protocol_errors", ("upstream",)))),
+    Metric("gateway_calls_by_agent_total", Kind.COUNTER, "Calls by the agent that answered them.", ("agent",),
+           flush=(Flush("agent"),)),
+    Metric("gateway_tool_calls_total", Kind.COUNTER, "Function calls of the model, by tool and status.",
+           ("tool", "status"), flush=(Flush("tool_calls"),)),
+    Metric("gateway_tool_latency_seconds", Kind.HISTOGRAM, "Function call to its output, by tool.", ("tool",),
+           buckets=TOOL_BUCKETS, flush=(Flush("tool_latency_s"),)),
+    Metric("gateway_tokens_total", Kind.COUNTER, "Realtime API tokens used, by kind (from response.done).",
+           ("kind",), flush=(Flush("tokens"),)),
+    Metric("gateway_dtmf_digits_total", Kind.COUNTER, "Keypad digits pressed by callers.",
+           flush=(Flush("dtmf_digits"),)),
+    Metric("gateway_call_records_total", Kind.COUNTER, "Call records written or sent, by sink and result.",
+           ("sink", "result")),
     Metric("gateway_rejected_calls_total", Kind.COUNTER, "Calls refused at webhook or upgrade, by reason.",
            ("reason",)),
     Metric("gateway_event_loop_lag_seconds", Kind.HISTOGRAM, "Lateness of the worker's housekeeping timer.",
@@ -103,6 +118,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("gateway_worker_restarts_total", Kind.COUNTER, "Workers restarted by the supervisor."),
 )
 BY_NAME = {m.name: m for m in METRICS}
+
+
+def markdown_table() -> str:
+    """The README's metrics table (a test keeps the two identical)."""
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{m.name}` | {m.kind} | {', '.join(m.labels) or '–'} | {m.help} |" for m in METRICS]
+    return "\n".join(rows)
 
 
 def _multiprocess() -> bool:
@@ -122,16 +144,17 @@ def make(metric: Metric, registry: CollectorRegistry | None) -> Any:
 class _Flow:
     """Moves one CallStats field's increase into its metric; ``seen`` is what was moved so far."""
 
-    __slots__ = ("field", "fixed", "metric", "pick", "scale", "target", "way")
+    __slots__ = ("field", "fixed", "labelled", "metric", "pick", "scale", "target", "way")
 
-    def __init__(self, flush: Flush, metric: Any, sample: CallStats) -> None:
+    def __init__(self, flush: Flush, metric_decl: Metric, metric: Any, sample: CallStats) -> None:
         self.field = flush.field
         self.scale = flush.scale
         self.pick = flush.pick
         self.fixed = flush.labels
         self.metric = metric
         self.way = type(getattr(sample, flush.field))
-        self.target = metric.labels(*flush.labels) if flush.labels and self.way is not dict else metric
+        self.labelled = len(metric_decl.labels) > len(flush.labels)  # entries carry label values
+        self.target = metric.labels(*flush.labels) if flush.labels and not self.labelled else metric
 
     def initial(self) -> Any:
         return {} if self.way is dict else (False if self.way is type(None) else 0)
@@ -144,22 +167,32 @@ class _Flow:
             return current
         if way is list:
             if len(current) != seen:
-                pick, scale = self.pick, self.scale
                 for value in current[seen:]:
-                    self.target.observe((value if pick is None else value[pick]) * scale)
+                    self._observe(value)
             return len(current)
         if way is dict:
             if current != seen:
                 for key, value in current.items():
                     d = value - seen.get(key, 0)
                     if d:
-                        self.metric.labels(*self.fixed, key).inc(d * self.scale)
+                        keys = key if isinstance(key, tuple) else (key,)
+                        self.metric.labels(*self.fixed, *keys).inc(d * self.scale)
                 return dict(current)
             return seen
-        if not seen and current is not None:  # an optional value, observed once
-            self.target.observe(current * self.scale)
+        if not seen and current is not None:  # an optional value, taken once
+            if self.labelled:
+                self.metric.labels(*self.fixed, current).inc()
+            else:
+                self.target.observe(current * self.scale)
             return True
         return seen
+
+    def _observe(self, value: Any) -> None:
+        if self.labelled:
+            *labels, amount = value
+            self.metric.labels(*self.fixed, *labels).observe(amount * self.scale)
+        else:
+            self.target.observe((value if self.pick is None else value[self.pick]) * self.scale)
 
 
 class GatewayMetrics:
@@ -178,7 +211,7 @@ class GatewayMetrics:
         # only the supervisor increments it, in the shared multiprocess directory.
         self.objects = {m.name: make(m, target) for m in METRICS}
         sample = CallStats()
-        self._flows = [_Flow(f, self.objects[m.name], sample) for m in METRICS for f in m.flush]
+        self._flows = [_Flow(f, m, self.objects[m.name], sample) for m in METRICS for f in m.flush]
         self._seen: dict[Call, list[Any]] = {}
         self._active = self.objects["gateway_active_calls"]
         self._started = self.objects["gateway_calls_started_total"]
@@ -200,6 +233,11 @@ class GatewayMetrics:
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(reason).inc()
+
+    def count(self, name: str, *labels: str) -> None:
+        """An event counted where it happens (not per call): ``count("gateway_call_records_total", "file", "ok")``."""
+        metric = self.objects[name]
+        (metric.labels(*labels) if labels else metric).inc()
 
     # ------------------------------------------------------------------ the periodic flush
     def flush(self, calls: Iterable[Call], loop_lag_s: float | None = None) -> None:

@@ -21,6 +21,8 @@ class Outcome(enum.StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     DRAIN_TIMEOUT = "drain_timeout"
     SHUTDOWN = "shutdown"
+    AGENT_HANGUP = "agent_hangup"  # the agent's end_call (or its max_call_s)
+    TRANSFERRED = "transferred"  # the agent's transfer_call redirected the call
 
 
 class CloseCode(enum.IntEnum):
@@ -49,6 +51,9 @@ class EndReason(enum.StrEnum):
     UPSTREAM_FAILED = "upstream_failed"
     DRAIN_TIMEOUT = "drain_timeout"
     SHUTDOWN = "shutdown"
+    AGENT_HANGUP = "agent_hangup"
+    MAX_DURATION = "max_duration"
+    TRANSFERRED = "transferred"
 
     @property
     def outcome(self) -> Outcome:
@@ -69,6 +74,9 @@ END_REASONS: dict[EndReason, tuple[Outcome, CloseCode]] = {
     EndReason.UPSTREAM_FAILED: (Outcome.UPSTREAM_ERROR, CloseCode.INTERNAL_ERROR),
     EndReason.DRAIN_TIMEOUT: (Outcome.DRAIN_TIMEOUT, CloseCode.GOING_AWAY),
     EndReason.SHUTDOWN: (Outcome.SHUTDOWN, CloseCode.GOING_AWAY),
+    EndReason.AGENT_HANGUP: (Outcome.AGENT_HANGUP, CloseCode.NORMAL),
+    EndReason.MAX_DURATION: (Outcome.AGENT_HANGUP, CloseCode.NORMAL),
+    EndReason.TRANSFERRED: (Outcome.TRANSFERRED, CloseCode.NORMAL),
 }
 
 
@@ -139,3 +147,17 @@ class UpstreamViolation(enum.StrEnum):
     INVALID_AUDIO = "invalid_audio"  # an output-audio delta the fast path rejected: fatal
     INVALID_FIELDS = "invalid_fields"  # a known event with ill-typed fields: counted, skipped
     BINARY_FRAME = "binary_frame"
+
+
+class ToolStatus(enum.StrEnum):
+    """How a tool call went: the ``status`` label of ``gateway_tool_calls_total``."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    HTTP_ERROR = "http_error"  # a non-2xx answer
+    INVALID_JSON = "invalid_json"  # the tool answered something that is not JSON
+    UNREACHABLE = "unreachable"  # connection refused, DNS, TLS
+    BAD_ARGUMENTS = "bad_arguments"  # the model's arguments are not a JSON object
+    REFUSED = "refused"  # a built-in refused (a transfer target not allowed)
+    UNAVAILABLE = "unavailable"  # a built-in that is not configured (no Twilio REST credentials)
+    UNKNOWN_TOOL = "unknown_tool"  # the model called a tool the agent does not have

@@ -77,15 +77,17 @@ class Playout:
         self._tail_item = (item_id, content_index)
         return item_id, content_index, audio, pcm_bytes / 48.0
 
-    def item_done(self, item_id: str) -> None:
-        """The model finished an item's audio: play the resampler's tail as part of it."""
+    def item_done(self, item_id: str) -> float:
+        """The model finished an item's audio: play the resampler's tail as part of it.
+
+        Returns the item's audio forwarded, in ms of model audio."""
         if self.resampler is not None and self._tail_item is not None and self._tail_item[0] == item_id:
             content_index = self._tail_item[1]
             self._tail_item = None
             tail = self.resampler.flush()
             if tail:
                 self.deliver(item_id, content_index, fp.ulaw_encode(tail), 0.0)
-        self.produced.pop(item_id, None)  # complete: the ledger knows all of it
+        return self.produced.pop(item_id, 0.0)  # complete: the ledger knows all of it
 
     def drop_tail(self) -> None:
         """Audio the resampler holds will never be played (interrupted or dropped)."""

@@ -6,9 +6,13 @@ forgotten at ``response.done``: no more deltas can come for that response (bound
 """
 from __future__ import annotations
 
+LOCAL_PREFIX = "gw-local-"  # item ids of audio made by the gateway itself (a hold tone)
+OUT_OF_BAND_MEMORY = 64
+
 
 class Responses:
-    __slots__ = ("active", "cancel_requested", "interrupted_items", "interrupted_responses", "item_response")
+    __slots__ = ("active", "cancel_requested", "interrupted_items", "interrupted_responses", "item_response",
+                 "out_of_band", "out_of_band_items")
 
     def __init__(self) -> None:
         self.active: str | None = None
@@ -16,6 +20,12 @@ class Responses:
         self.item_response: dict[str, str] = {}
         self.interrupted_responses: set[str] = set()
         self.interrupted_items: set[str] = set()
+        # Responses outside the conversation (the gateway's fillers, `say`): their items cannot be
+        # truncated (the server does not know them as conversation items).
+        self.out_of_band: set[str] = set()
+        # ... and their items, remembered past response.done while Twilio may still play them
+        # (an ordered set of the last OUT_OF_BAND_MEMORY).
+        self.out_of_band_items: dict[str, None] = {}
 
     def interrupted(self, item_id: str) -> bool:
         """Per delta: is this item's audio to be dropped? (Remembers the answer.)"""
@@ -26,11 +36,21 @@ class Responses:
             return True
         return False
 
-    def created(self, response_id: str) -> None:
+    def created(self, response_id: str, out_of_band: bool) -> None:
         self.active = response_id
+        if out_of_band:
+            self.out_of_band.add(response_id)
+
+    def truncatable(self, item_id: str) -> bool:
+        """A conversation item of the model (not local audio, not an out-of-band response's)."""
+        return item_id not in self.out_of_band_items and not item_id.startswith(LOCAL_PREFIX)
 
     def item_added(self, item_id: str, response_id: str) -> None:
         self.item_response[item_id] = response_id
+        if response_id in self.out_of_band:
+            self.out_of_band_items[item_id] = None
+            if len(self.out_of_band_items) > OUT_OF_BAND_MEMORY:
+                del self.out_of_band_items[next(iter(self.out_of_band_items))]
         if response_id in self.interrupted_responses:
             self.interrupted_items.add(item_id)
 
@@ -41,6 +61,7 @@ class Responses:
         if response_id == self.cancel_requested:
             self.cancel_requested = None
         self.interrupted_responses.discard(response_id)
+        self.out_of_band.discard(response_id)
         items = [i for i, r in self.item_response.items() if r == response_id]
         for item_id in items:
             del self.item_response[item_id]

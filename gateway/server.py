@@ -18,6 +18,8 @@ from typing import Any, cast
 from aiohttp import web
 from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from .agents.profiles import Agents, load
+from .agents.services import AgentServices
 from .call import Call
 from .config import Settings
 from .http import MEDIA_PATH, forwarded_base, make_app, media_url
@@ -106,16 +108,20 @@ class PortDispatcher(asyncio.Protocol):
 class Gateway:
     """The calls of one worker process and the servers that feed them."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, agents: Agents | None = None) -> None:
         self.settings = settings
         self.calls: set[Call] = set()
         self.rejected: dict[RejectReason, int] = {}
         self.ended: dict[str, int] = {}  # by Outcome
         self.draining = False
         self._idle: asyncio.Event | None = None  # set when the last call ends during a drain
-        self.tokens = TokenVerifier(settings.token_key) if settings.secure else None
+        # Tokens are minted and read also in development mode (they carry the agent), but only
+        # enforced with a Twilio auth token (Call._on_start).
+        self.tokens = TokenVerifier(settings.token_key)
         self.upstream = UpstreamConnector(settings)
         self.metrics = GatewayMetrics()
+        self.agents = AgentServices(settings, agents if agents is not None else load(settings),
+                                    lambda sink, result: self.metrics.count("gateway_call_records_total", sink, result))
         self._app = make_app(self)
         self._runner: web.AppRunner | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -175,7 +181,9 @@ class Gateway:
 
     def _make_call(self, sender: Sender) -> Call:
         loop = asyncio.get_running_loop()
-        call = Call(self.settings, sender, loop.time, self.upstream.open, self.tokens, self._call_ended,
+        agents = self.agents
+        call = Call(self.settings, sender, loop.time, self.upstream.open,
+                    lambda c, claims: agents.behaviour(c, c.stats, claims), self.tokens, self._call_ended,
                     loop.call_later)
         self.calls.add(call)
         self.metrics.call_started(call)
@@ -271,6 +279,7 @@ class Gateway:
         for call in list(self.calls):
             call.end(EndReason.SHUTDOWN)
         await self.upstream.aclose()
+        await self.agents.aclose()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 class CallStats:
     __slots__ = (
-        "bytes_out", "caller_audio_dropped_bytes", "clear_latency_s", "deltas_dropped", "frames_in",
-        "interrupts", "media_out", "truncations", "twilio_protocol_errors", "upstream_connect_s",
-        "upstream_errors", "upstream_protocol_errors",
+        "agent", "bytes_out", "caller_audio_dropped_bytes", "clear_latency_s", "deltas_dropped", "dtmf_digits",
+        "frames_in", "interrupts", "media_out", "tokens", "tool_calls", "tool_latency_s", "truncations",
+        "twilio_protocol_errors", "upstream_connect_s", "upstream_errors", "upstream_protocol_errors",
     )
 
     def __init__(self) -> None:
@@ -29,6 +29,12 @@ class CallStats:
         self.upstream_protocol_errors: dict[str, int] = {}  # by UpstreamViolation
         self.twilio_protocol_errors: dict[str, int] = {}  # by TwilioViolation or call_token_<TokenRejection>
         self.upstream_connect_s: float | None = None
+        # The agent layer's (never per frame):
+        self.agent: str | None = None  # the agent that answered
+        self.dtmf_digits = 0
+        self.tool_calls: dict[tuple[str, str], int] = {}  # (tool, ToolStatus)
+        self.tool_latency_s: list[tuple[str, float]] = []  # (tool, seconds)
+        self.tokens: dict[str, int] = {}  # by usage.KINDS
 
 
 def count(counts: dict[str, int], key: str) -> None:

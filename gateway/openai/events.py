@@ -1,7 +1,8 @@
-"""The few client events the gateway builds outside the per-frame fast path.
+"""The client events the gateway builds outside the per-frame fast path.
 
 Each builder returns the JSON bytes to send; every shape here is validated in the tests against
-``openai.types.realtime`` (the official schema) with unknown keys rejected.
+``openai.types.realtime`` (the official schema) with unknown keys rejected. What goes into the
+session (formats, voice, tools) is decided by the agent layer (``agents.session``).
 """
 from __future__ import annotations
 
@@ -9,41 +10,13 @@ from typing import Any
 
 import orjson
 
-from ..config import Settings
-
 PCMU = {"type": "audio/pcmu"}
 PCM24K = {"type": "audio/pcm", "rate": 24000}
 
 
-def session_config(settings: Settings) -> dict[str, Any]:
-    """GA ``session`` object: formats by audio mode, voice, instructions, explicit server VAD."""
-    fmt = PCMU if settings.audio_mode == "passthrough" else PCM24K
-    return {
-        "type": "realtime",
-        "model": settings.model,
-        "instructions": settings.instructions,
-        "output_modalities": ["audio"],
-        "audio": {
-            "input": {
-                "format": fmt,
-                "turn_detection": {
-                    "type": "server_vad",
-                    "threshold": settings.vad_threshold,
-                    "prefix_padding_ms": settings.vad_prefix_padding_ms,
-                    "silence_duration_ms": settings.vad_silence_ms,
-                    # Defaults are observed as true but not documented: always set both explicitly.
-                    "create_response": settings.vad_create_response,
-                    "interrupt_response": settings.vad_interrupt_response,
-                },
-            },
-            "output": {"format": fmt, "voice": settings.voice},
-        },
-    }
-
-
-def session_update(settings: Settings, event_id: str | None = None) -> bytes:
+def session_update(session: dict[str, Any], event_id: str | None = None) -> bytes:
     """``event_id`` (e.g. the CallSid) is echoed in any error about it: correlates logs across sides."""
-    event: dict[str, Any] = {"type": "session.update", "session": session_config(settings)}
+    event: dict[str, Any] = {"type": "session.update", "session": session}
     if event_id:
         event["event_id"] = event_id
     return orjson.dumps(event)
@@ -53,6 +26,15 @@ def response_create(instructions: str | None = None) -> bytes:
     if not instructions:
         return b'{"type":"response.create"}'
     return orjson.dumps({"type": "response.create", "response": {"instructions": instructions}})
+
+
+def response_out_of_band(instructions: str, purpose: str) -> bytes:
+    """A response outside the conversation (``conversation: "none"``): it speaks, but the model
+    will not remember it. ``metadata.gateway`` names why the gateway asked for it."""
+    return orjson.dumps({"type": "response.create", "response": {
+        "conversation": "none", "instructions": instructions, "output_modalities": ["audio"],
+        "metadata": {"gateway": purpose},
+    }})
 
 
 def response_cancel(response_id: str | None) -> bytes:
@@ -70,3 +52,22 @@ def item_truncate(item_id: str, content_index: int, audio_end_ms: int) -> bytes:
 
 def item_delete(item_id: str) -> bytes:
     return orjson.dumps({"type": "conversation.item.delete", "item_id": item_id})
+
+
+def function_call_output(call_id: str, output: str) -> bytes:
+    return orjson.dumps({"type": "conversation.item.create",
+                         "item": {"type": "function_call_output", "call_id": call_id, "output": output}})
+
+
+def user_text(text: str) -> bytes:
+    """A user message in text (the caller's keypad input, say)."""
+    return orjson.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}],
+    }})
+
+
+def system_text(text: str) -> bytes:
+    """A system message: something the gateway tells the model mid-call (a failed transfer, say)."""
+    return orjson.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "system", "content": [{"type": "input_text", "text": text}],
+    }})

@@ -21,6 +21,51 @@ from ..outcomes import UpstreamViolation
 class ResponseRef(msgspec.Struct, frozen=True):
     id: str
     status: str = ""
+    metadata: dict[str, str] | None = None
+
+
+class CachedDetails(msgspec.Struct, frozen=True):
+    text_tokens: int = 0
+    audio_tokens: int = 0
+
+
+class InputDetails(msgspec.Struct, frozen=True):
+    text_tokens: int = 0
+    audio_tokens: int = 0
+    cached_tokens: int = 0
+    cached_tokens_details: CachedDetails | None = None
+
+
+class OutputDetails(msgspec.Struct, frozen=True):
+    text_tokens: int = 0
+    audio_tokens: int = 0
+
+
+class Usage(msgspec.Struct, frozen=True):
+    total_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_token_details: InputDetails | None = None
+    output_token_details: OutputDetails | None = None
+
+
+class OutputItem(msgspec.Struct, frozen=True):
+    """An item of ``response.done``'s output: a message, or a function call to run."""
+
+    type: str
+    id: str = ""
+    status: str = ""
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+class FinishedResponse(msgspec.Struct, frozen=True):
+    id: str
+    status: str = ""
+    output: list[OutputItem] = []
+    usage: Usage | None = None
+    metadata: dict[str, str] | None = None
 
 
 class ItemRef(msgspec.Struct, frozen=True):
@@ -56,7 +101,26 @@ class OutputAudioDone(msgspec.Struct, frozen=True):
 
 
 class ResponseDone(msgspec.Struct, frozen=True):
-    response: ResponseRef
+    response: FinishedResponse
+
+
+class InputCommitted(msgspec.Struct, frozen=True):
+    """A caller turn became a conversation item (its transcript, if any, follows later)."""
+
+    item_id: str
+
+
+class InputTranscription(msgspec.Struct, frozen=True):
+    item_id: str
+    transcript: str
+    content_index: int = 0
+
+
+class OutputTranscript(msgspec.Struct, frozen=True):
+    item_id: str
+    transcript: str
+    response_id: str = ""
+    content_index: int = 0
 
 
 class Error(msgspec.Struct, frozen=True):
@@ -68,7 +132,7 @@ class SessionUpdated(msgspec.Struct, frozen=True):
 
 
 ServerEvent = (SpeechStarted | ResponseCreated | OutputItemAdded | OutputAudioDone | ResponseDone | Error
-               | SessionUpdated)
+               | SessionUpdated | InputCommitted | InputTranscription | OutputTranscript)
 
 # type → the struct it decodes into. ``response.audio.done`` is the beta name of the GA event.
 EVENT_TYPES: dict[str, type[ServerEvent]] = {
@@ -80,6 +144,9 @@ EVENT_TYPES: dict[str, type[ServerEvent]] = {
     "response.done": ResponseDone,
     "error": Error,
     "session.updated": SessionUpdated,
+    "input_audio_buffer.committed": InputCommitted,
+    "conversation.item.input_audio_transcription.completed": InputTranscription,
+    "response.output_audio_transcript.done": OutputTranscript,
 }
 
 

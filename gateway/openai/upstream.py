@@ -10,6 +10,7 @@ import asyncio
 import logging
 import ssl
 from typing import Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from picows import WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
@@ -23,6 +24,15 @@ MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024  # input appends may be 15 MiB; server e
 # Memory per call (picows grows these on demand, never shrinks them). Server events are mostly
 # audio deltas of 1-7 KiB; 4 KiB instead of picows's 16 KiB default saves 12 KiB per call.
 READ_BUFFER = 4 * 1024
+
+
+def model_url(url: str, model: str) -> str:
+    """``url`` with its ``model`` query parameter set to ``model`` (unchanged if empty)."""
+    if not model:
+        return url
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "model"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("model", model)])))
 
 
 class UpstreamSink(Protocol):
@@ -97,14 +107,16 @@ class UpstreamConnector:
         self._tls_buffers = tls_buffer_options(self._ssl is not None)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def open(self, sink: UpstreamSink) -> asyncio.Task[None]:
-        """Start connecting; the call keeps the task to cancel it if it ends first."""
-        task = asyncio.get_running_loop().create_task(self._connect(sink))
+    def open(self, sink: UpstreamSink, model: str = "") -> asyncio.Task[None]:
+        """Start connecting (to ``model`` if given, else the configured URL's); the call keeps the
+        task to cancel it if it ends first."""
+        url = model_url(self._settings.upstream_url, model)
+        task = asyncio.get_running_loop().create_task(self._connect(sink, url))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _connect(self, sink: UpstreamSink) -> None:
+    async def _connect(self, sink: UpstreamSink, url: str) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         timeout = self._settings.upstream_connect_timeout_s
@@ -112,7 +124,7 @@ class UpstreamConnector:
             transport, _listener = await asyncio.wait_for(
                 ws_connect(
                     lambda: UpstreamListener(sink),
-                    self._settings.upstream_url,
+                    url,
                     ssl_context=self._ssl,
                     extra_headers=self._headers,
                     websocket_handshake_timeout=timeout,

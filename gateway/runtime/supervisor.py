@@ -13,6 +13,7 @@ Protocol with a worker (``worker.py``):
   write end of a fresh pipe handed over with ``pass_fds`` (closed here right after the spawn);
 * ready: the worker writes ``ready <port>\\n`` on that pipe once its own ``SO_REUSEPORT`` socket
   listens, and closes it. EOF without that line means it failed to start (its exit is reaped);
+* reload: SIGHUP is forwarded to every worker (they re-read the agents file);
 * stop: the supervisor forwards SIGTERM (drain) / SIGINT (stop at once) to every worker;
   a second signal is forwarded again (the worker then stops at once).
 
@@ -227,6 +228,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         log.info("supervisor (pid %d): starting %d workers on %s:%d", os.getpid(), len(self.workers),
                  self.host, self.port)
         try:
@@ -276,6 +278,11 @@ class Supervisor:
             self._extra_signal = sig  # arrived before the shutdown began: forwarded right after the first
         assert self._wake is not None
         self._wake.set()
+
+    def _on_hup(self) -> None:
+        """SIGHUP: every worker re-reads the agents file (calls in progress keep theirs)."""
+        log.info("SIGHUP: workers reload the agents file")
+        self._forward(signal.SIGHUP)
 
     def _forward(self, sig: int) -> None:
         for w in self.workers:

@@ -20,8 +20,10 @@ Started by ``supervisor.Supervisor`` (environment inherited: the worker reads th
      after the first is the same request delivered twice — a signal to the whole process group
      or cgroup (``timeout``, systemd's default KillMode, a tty) plus the supervisor's forwarding —
      and does not cut the drain short.
-   Signals that arrive while the interpreter is still starting are remembered and honoured as
-   soon as the event loop runs; signals after the loop closed are ignored (still exit 0).
+   * SIGHUP: re-read ``GATEWAY_AGENTS_FILE`` (``AgentServices.reload``): calls in progress keep
+     their agent, new calls get the new file; a bad file is logged and the previous one kept.
+   Stop signals that arrive while the interpreter is still starting are remembered and honoured
+   as soon as the event loop runs; signals after the loop closed are ignored (still exit 0).
 5. On Linux the worker asks for SIGTERM when its parent (the supervisor) dies
    (``PR_SET_PDEATHSIG``), so an orphaned worker drains and exits instead of serving forever.
 
@@ -57,12 +59,18 @@ class _Signals:
         self.received: list[tuple[int, float]] = []  # (signum, monotonic time)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._callback: Callable[[int, float], None] | None = None
+        self.on_reload: Callable[[], object] | None = None  # SIGHUP: re-read the agents file
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._handler)
 
     def _handler(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:  # not a stop request: reload (ignored until the gateway runs)
+            loop, reload = self._loop, self.on_reload
+            if loop is not None and reload is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(reload)
+            return
         at = time.monotonic()
         self.received.append((signum, at))
         loop, callback = self._loop, self._callback
@@ -76,7 +84,7 @@ class _Signals:
             loop.call_soon(callback, signum, at)
 
     def detach(self) -> None:
-        self._loop = self._callback = None
+        self._loop = self._callback = self.on_reload = None
 
 
 _signals = _Signals()
@@ -175,6 +183,7 @@ async def serve(settings: Settings, sock: socket.socket, ready_fd: int | None, l
     _signals.attach(asyncio.get_running_loop(), stop)
     try:
         gateway = Gateway(settings)
+        _signals.on_reload = gateway.agents.reload
         port = await gateway.start(sock=sock)
         _notify_ready(ready_fd, port)
         log.info("worker ready (pid %d, port %d)", os.getpid(), port)
