@@ -11,9 +11,6 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 MODULES = ["g711", "b64", "resample", "framing", "ledger"]
-# The ledger has one source for both implementations: the pure twin, compiled in Cython's
-# pure-Python mode with the augmenting _fastpath/_compiled/ledger.pxd.
-SOURCES = {"ledger": "_fastpath/_pure/ledger.py"}
 
 debug = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"
 annotate = os.environ.get("GATEWAY_CYTHON_ANNOTATE") == "1"
@@ -33,7 +30,7 @@ directives = {
 extensions = [
     Extension(
         f"_fastpath._compiled.{name}",
-        [SOURCES.get(name, f"_fastpath/_compiled/{name}.pyx")],
+        [f"_fastpath/_compiled/{name}.pyx"],
         extra_compile_args=compile_args,
     )
     for name in MODULES

@@ -1,4 +1,3 @@
-# cython: annotation_typing=False, cdivision=False
 """Playout-mark bookkeeping of one call: where is Twilio's playhead, and what did the caller hear?
 
 Why: on barge-in the gateway sends Twilio ``clear`` and truncates the assistant item upstream at
@@ -49,99 +48,94 @@ Fully played runs are pruned on every echo (the newest run is always kept so the
 keeps counting); an item whose runs are all pruned is forgotten, so a 4-hour call stays small.
 ``clear`` resets stream position, items and segment but keeps the latency estimate.
 
-One source, two builds: this file is the pure-Python twin *and* the source of the compiled
-ledger (``setup.py`` compiles it as ``_fastpath._compiled.ledger`` with the augmenting
-``_fastpath/_compiled/ledger.pxd``, which gives the classes C attributes and the hot methods C
-signatures and locals).  It is therefore written in the subset that compiles to tight C: pending
-marks in a ring of ``array`` columns (typed memoryviews once compiled), mark names parsed
-character by character, constants and outcomes in module globals (C globals once compiled), no
-per-call allocation besides the mark name and new runs.
+Two sources, on purpose.  The compiled twin (``_fastpath/_compiled/ledger.pyx``) is written by
+hand.  Compiling *this* file instead (Cython pure-Python mode, the aiohttp pattern: an augmenting
+``ledger.pxd`` with cdef classes, cpdef methods and typed locals, the pending marks in typed
+memoryviews over ``array`` columns) was tried in commit 972ad86 and measured against the
+hand-written build on the 2-core dev VM: ``python -m bench fastpath``, 5 runs of each build
+alternated, median of the per-run medians, CPU ns per call (min-max of the 5):
+
+=================================  ====================  ====================  ======
+operation                          hand-written .pyx     one source (.py+pxd)  change
+=================================  ====================  ====================  ======
+queue                              62.6 (61.8-85.0)      112.8 (106.5-133.7)   +80 %
+on_mark                            49.4 (49.0-51.2)      53.7 (52.7-61.0)      +9 %
+plan_interrupt, 10 pending         234.2 (225.3-240.7)   237.4 (236.4-241.2)   +1 %
+=================================  ====================  ====================  ======
+
+and, for the operations the bench does not time, both builds loaded into one process and timed
+alternately (15 rounds, median): probe 52 -> 74 ns (+42 %), queue starting a new run
+143 -> 184 (+29 %), on_mark of a probe echo (latency sample) 87 -> 103 (+19 %), on_mark of an
+unknown / flushed name +6 % / +5 %, clear and the properties unchanged, ``PlayoutLedger()``
+90 ns -> 1.6 us (five memoryview acquisitions).  The criterion was "within 10 % on every ledger
+operation", so the hand-written source stays.  What cannot be had in pure-Python mode:
+
+* the mark name: Cython compiles ``f"{epoch}:{seq}"`` to one string per number plus a join (two
+  or three allocations where the .pyx writes the digits into a buffer and allocates once); this
+  alone is the ~25-30 ns of probe and queue, and no pure-Python spelling avoids it;
+* the pending-mark ring: a malloc'd array of C structs in the .pyx; typed memoryviews over
+  ``array`` columns are as fast to index but cost ~300 ns each to acquire;
+* ``__cinit__`` with typed arguments for the run/item records (``cls.__new__(cls)`` factories
+  get close).
+
+The attempt also showed a trap for anyone retrying: with ``cdivision=True`` (set in setup.py)
+Cython compiles ``/`` between two C integers as C integer division, not true division (the
+.pyx casts to double everywhere; a pure-mode source needs ``cdivision=False``).
 """
 from __future__ import annotations
 
+import enum
 import math
-from array import array
+from collections import deque
 
-from ..marks import MarkOutcome
-
-__all__ = ["MarkOutcome", "PlayoutLedger"]
-
-_AUDIO = 0  # kinds of pending marks
+_AUDIO = 0
 _PROBE = 1
 _TOLERANCE_MS = 25.0
 _LATENCY_WINDOW = 16
 _MAX_DIGITS = 18  # a longer number cannot be an epoch/seq we issued (and would overflow int64)
-_INITIAL_CAP = 16  # slots of the pending-mark ring (a power of two; it doubles when full)
-_INF = math.inf
-_PLAYED = MarkOutcome.PLAYED
-_PROBED = MarkOutcome.PROBE
-_FLUSHED = MarkOutcome.FLUSHED
-_UNKNOWN = MarkOutcome.UNKNOWN
+
+
+class MarkOutcome(enum.IntEnum):
+    """How ``on_mark`` classified an echoed mark."""
+
+    PLAYED = 0  # audio mark of the current epoch: the played position advanced
+    PROBE = 1  # latency probe of the current epoch: one-way latency estimate updated
+    FLUSHED = 2  # mark of an earlier epoch (echoed because of a clear): not counted as played
+    UNKNOWN = 3  # not issued by this ledger, garbage, or from a future epoch: ignored
 
 
 class _Item:
-    """Totals of one (item_id, content_index) in the current epoch (made by ``_new_item``)."""
+    """Totals of one (item_id, content_index) in the current epoch."""
 
-    __slots__ = ("content_index", "item_id", "produced", "queued", "runs")
-    item_id: str
-    content_index: int
-    queued: int  # μ-law bytes queued for this item
-    produced: float  # ms of model audio those bytes represent
-    runs: int  # runs of this item still in the run table
+    __slots__ = ("item_id", "content_index", "queued", "produced", "runs")
+
+    def __init__(self, item_id: str, content_index: int) -> None:
+        self.item_id = item_id
+        self.content_index = content_index
+        self.queued = 0  # μ-law bytes queued for this item
+        self.produced = 0.0  # ms of model audio those bytes represent
+        self.runs = 0  # runs of this item still in the run table
 
 
 class _Run:
-    """A stretch ``[start, start + length)`` of the stream belonging to one item (``_new_run``)."""
+    """A contiguous stretch ``[start, start + length)`` of the stream belonging to one item."""
 
-    __slots__ = ("item", "length", "rel_start", "start")
-    item: _Item
-    start: int
-    length: int
-    rel_start: int  # item-relative offset of the run's first byte
+    __slots__ = ("item", "start", "length", "rel_start")
 
-
-# Factories instead of __init__: ``cls.__new__(cls)`` is a direct allocation once compiled.
-def _new_item(item_id: str, content_index: int) -> _Item:
-    item = _Item.__new__(_Item)
-    item.item_id = item_id
-    item.content_index = content_index
-    item.queued = 0
-    item.produced = 0.0
-    item.runs = 0
-    return item
+    def __init__(self, item: _Item, start: int) -> None:
+        self.item = item
+        self.start = start
+        self.length = 0
+        self.rel_start = item.queued  # item-relative offset of the run's first byte
 
 
-def _new_run(item: _Item, start: int) -> _Run:
-    run = _Run.__new__(_Run)
-    run.item = item
-    run.start = start
-    run.length = 0
-    run.rel_start = item.queued
-    return run
-
-
-def _mark_name(name: str) -> tuple[int, int]:
-    """``(epoch, seq)`` of a name ``"{epoch}:{seq}"`` in canonical ASCII decimals (no sign, no
-    leading zero), else ``(-1, -1)``."""
-    epoch = -1
-    value = digits = 0
-    leading_zero = False
-    for ch in name:
-        if "0" <= ch <= "9":
-            if not digits:
-                leading_zero = ch == "0"
-            elif leading_zero or digits == _MAX_DIGITS:
-                return -1, -1
-            value = value * 10 + (ord(ch) - 48)
-            digits += 1
-        elif ch == ":" and digits and epoch < 0:
-            epoch = value
-            value = digits = 0
-        else:
-            return -1, -1
-    if epoch < 0 or not digits:
-        return -1, -1
-    return epoch, value
+def _number(text: str) -> int | None:
+    """Canonical ASCII decimal (no sign, no leading zero) as int, else None."""
+    if not 0 < len(text) <= _MAX_DIGITS or not text.isascii() or not text.isdigit():
+        return None
+    if text[0] == "0" and len(text) > 1:
+        return None
+    return int(text)
 
 
 class PlayoutLedger:
@@ -151,27 +145,17 @@ class PlayoutLedger:
                  lead_ms: float = 0.0) -> None:
         if bytes_per_ms <= 0:
             raise ValueError("bytes_per_ms must be positive")
-        if not 0.0 <= default_latency_ms < _INF or not 0.0 <= lead_ms < _INF:
+        if not 0.0 <= default_latency_ms < math.inf or not 0.0 <= lead_ms < math.inf:
             raise ValueError("default_latency_ms and lead_ms must be finite and >= 0")
         self._bpm = int(bytes_per_ms)
         self._lead = float(lead_ms)
         self._latency = float(default_latency_ms)
         self._samples = 0
-        # One-way latency samples: the last _LATENCY_WINDOW in a ring, and a sorted scratch copy.
-        self._recent = array("d", bytes(8 * _LATENCY_WINDOW))
-        self._ordered = array("d", bytes(8 * _LATENCY_WINDOW))
-        self._recent_n = self._recent_i = 0
+        self._recent: deque[float] = deque(maxlen=_LATENCY_WINDOW)  # one-way latency samples
         self._epoch = 0
-        self._prefix = ""  # f"{epoch}:", the start of every mark name of the epoch (lazily)
         self._seq = 0  # next seq to issue
         self._epoch_first_seq = 0  # first seq issued in the current epoch
-        # Pending marks of the epoch, oldest at _head: seq, kind, end byte and send time (ms).
-        # Their seqs are consecutive, so slot (_head + i) % _cap holds seq _seq - _count + i.
-        self._cap = _INITIAL_CAP
-        self._head = self._count = 0
-        self._kinds = array("b", bytes(_INITIAL_CAP))
-        self._ends = array("q", bytes(8 * _INITIAL_CAP))
-        self._sent = array("d", bytes(8 * _INITIAL_CAP))
+        self._fifo: deque[tuple[int, int, float]] = deque()  # (kind, end byte, sent ms)
         self._audio_pending = 0
         self._played = self._flushed = self._unknown = self._probes = 0
         self._reset_stream()
@@ -181,15 +165,11 @@ class PlayoutLedger:
         self._confirmed = 0  # end byte of the last echoed audio mark
         self._runs: list[_Run] = []
         self._items: dict[tuple[str, int], _Item] = {}
-        self._last: _Run | None = None  # newest run (None while the epoch has none)
         self._seg_active = False
         self._origin = 0.0  # O
         self._obs_n = 0
         self._seg_start = 0  # first stream byte of the segment
-        # (end byte, sent ms, start byte) of an idle-start segment's first chunk (end -1: none)
-        self._rtt_end = -1
-        self._rtt_sent = 0.0
-        self._rtt_start = 0
+        self._rtt_mark = (-1, 0.0, 0)  # (end byte, sent ms, start byte) of a segment's first chunk
 
     # -- read-only state ---------------------------------------------------------------------
     @property
@@ -198,7 +178,7 @@ class PlayoutLedger:
 
     @property
     def pending(self) -> int:
-        return self._count
+        return len(self._fifo)
 
     @property
     def epoch(self) -> int:
@@ -234,33 +214,10 @@ class PlayoutLedger:
 
     # -- outbound ------------------------------------------------------------------------------
     def _issue(self, kind: int, sent_ms: float) -> str:
-        if self._count == self._cap:
-            self._grow()
-        slot = (self._head + self._count) & (self._cap - 1)
-        self._kinds[slot] = kind
-        self._ends[slot] = self._pos
-        self._sent[slot] = sent_ms
-        self._count += 1
-        if not self._prefix:
-            self._prefix = f"{self._epoch}:"
-        name = f"{self._prefix}{self._seq}"
+        self._fifo.append((kind, self._pos, sent_ms))
+        name = f"{self._epoch}:{self._seq}"
         self._seq += 1
         return name
-
-    def _grow(self) -> None:
-        """Double the ring, the oldest pending mark moving to slot 0."""
-        cap = self._cap
-        kinds = array("b", bytes(2 * cap))
-        ends = array("q", bytes(16 * cap))
-        sent = array("d", bytes(16 * cap))
-        for i in range(cap):
-            slot = (self._head + i) & (cap - 1)
-            kinds[i] = self._kinds[slot]
-            ends[i] = self._ends[slot]
-            sent[i] = self._sent[slot]
-        self._kinds, self._ends, self._sent = kinds, ends, sent
-        self._cap = 2 * cap
-        self._head = 0
 
     def probe(self, now: float) -> str | None:
         """Mark name to send *before* any media if Twilio's buffer is believed empty, else None."""
@@ -271,7 +228,7 @@ class PlayoutLedger:
     def queue(self, item_id: str, content_index: int, nbytes: int, produced_ms: float,
               now: float) -> str:
         """Record ``nbytes`` of μ-law about to be sent; return the mark name to send after it."""
-        if nbytes < 0 or not 0.0 <= produced_ms < _INF:
+        if nbytes < 0 or not 0.0 <= produced_ms < math.inf:
             raise ValueError("nbytes must be >= 0 and produced_ms finite and >= 0")
         s = now * 1000.0
         start = self._pos
@@ -281,20 +238,18 @@ class PlayoutLedger:
             self._obs_n = 1
             self._seg_start = start
             # On an idle buffer this chunk plays on arrival: its echo measures the round trip.
-            if self._audio_pending:
-                self._rtt_end = -1
-            else:
-                self._rtt_end, self._rtt_sent, self._rtt_start = start + nbytes, s, start
-        last = self._last
+            self._rtt_mark = (start + nbytes, s, start) if not self._audio_pending else (-1, 0.0, 0)
+        runs = self._runs
+        last = runs[-1] if runs else None
         if (last is None or last.item.content_index != content_index
                 or last.item.item_id != item_id):
             key = (item_id, content_index)
             item = self._items.get(key)
             if item is None:
-                item = self._items[key] = _new_item(item_id, content_index)
+                item = self._items[key] = _Item(item_id, content_index)
             item.runs += 1
-            last = self._last = _new_run(item, start)
-            self._runs.append(last)
+            last = _Run(item, start)
+            runs.append(last)
         last.length += nbytes
         last.item.queued += nbytes
         last.item.produced += produced_ms
@@ -305,43 +260,42 @@ class PlayoutLedger:
     # -- inbound -------------------------------------------------------------------------------
     def on_mark(self, name: str, now: float) -> MarkOutcome:
         """Classify an echoed mark and update played position / latency accordingly."""
-        epoch = seq = -1
+        epoch = seq = None
         if isinstance(name, str):
-            epoch, seq = _mark_name(str(name))
-        if epoch < 0 or seq < 0 or seq >= self._seq or epoch > self._epoch:
+            e, sep, q = name.partition(":")
+            if sep:
+                epoch, seq = _number(e), _number(q)
+        if epoch is None or seq is None or seq >= self._seq or epoch > self._epoch:
             self._unknown += 1
-            return _UNKNOWN
+            return MarkOutcome.UNKNOWN
         if epoch < self._epoch:
             if seq >= self._epoch_first_seq:
                 self._unknown += 1
-                return _UNKNOWN
+                return MarkOutcome.UNKNOWN
             self._flushed += 1
-            return _FLUSHED
-        index = seq - (self._seq - self._count)
+            return MarkOutcome.FLUSHED
+        fifo = self._fifo
+        index = seq - (self._seq - len(fifo))
         if index < 0:  # already acknowledged: duplicate echo
             self._unknown += 1
-            return _UNKNOWN
-        while True:  # pop up to the echoed mark: echoes are FIFO, skipped marks were played too
-            slot = self._head
-            self._head = (slot + 1) & (self._cap - 1)
-            self._count -= 1
-            if not index:
-                break
-            index -= 1
-            if self._kinds[slot] == _AUDIO:
+            return MarkOutcome.UNKNOWN
+        for _ in range(index):  # echoes are FIFO: skipped marks were played too
+            kind, end, _sent = fifo.popleft()
+            if kind == _AUDIO:
                 self._audio_pending -= 1
-                self._confirmed = self._ends[slot]
+                self._confirmed = end
+        kind, end, sent = fifo.popleft()
         r = now * 1000.0
-        if self._kinds[slot] == _PROBE:
-            self._latency_sample((r - self._sent[slot]) / 2.0)
+        if kind == _PROBE:
+            self._latency_sample((r - sent) / 2.0)
             self._probes += 1
-            return _PROBED
-        end = self._ends[slot]
+            return MarkOutcome.PROBE
         self._audio_pending -= 1
         self._confirmed = end
-        if end == self._rtt_end:
-            self._rtt_end = -1
-            self._latency_sample((r - self._rtt_sent - (end - self._rtt_start) / self._bpm) / 2.0)
+        rtt_end, rtt_sent, rtt_start = self._rtt_mark
+        if end == rtt_end:
+            self._rtt_mark = (-1, 0.0, 0)
+            self._latency_sample((r - rtt_sent - (rtt_end - rtt_start) / self._bpm) / 2.0)
         if end > self._seg_start:  # else the echo describes the previous segment
             o = r - self._latency - end / self._bpm
             if abs(o - self._origin) <= _TOLERANCE_MS:
@@ -352,42 +306,29 @@ class PlayoutLedger:
                 self._obs_n = 1
         self._prune()
         self._played += 1
-        return _PLAYED
+        return MarkOutcome.PLAYED
 
     def _latency_sample(self, sample: float) -> None:
-        """Add a one-way latency sample; the estimate is the interquartile mean of the window
-        (robust like a median, smooth like a mean)."""
-        self._recent[self._recent_i] = sample if sample > 0.0 else 0.0
-        self._recent_i = (self._recent_i + 1) % _LATENCY_WINDOW
-        if self._recent_n < _LATENCY_WINDOW:
-            self._recent_n += 1
-        n = self._recent_n
-        for i in range(n):  # insertion sort of <= 16 values, only on echoes that carry a sample
-            v = self._recent[i]
-            j = i
-            while j > 0 and self._ordered[j - 1] > v:
-                self._ordered[j] = self._ordered[j - 1]
-                j -= 1
-            self._ordered[j] = v
-        lo = n // 4  # drop the lowest and the highest quarter
-        hi = n - lo
+        recent = self._recent
+        recent.append(sample if sample > 0.0 else 0.0)  # as compiled: NaN and -0.0 become 0.0
+        ordered = sorted(recent)
+        n = len(ordered)
         total = 0.0
-        for i in range(lo, hi):
-            total += self._ordered[i]
-        self._latency = total / (hi - lo)
+        for value in ordered[n // 4:n - n // 4]:  # drop the lowest and highest quarter
+            # A plain left fold, as compiled: sum() compensates float rounding since Python 3.12.
+            total += value
+        self._latency = total / (n - 2 * (n // 4))
         self._samples += 1
 
     def _prune(self) -> None:
         """Drop fully played runs (keeping the newest) and items left without runs."""
         runs = self._runs
         drop = 0
-        while drop < len(runs) - 1:
-            run = runs[drop]
-            if run.start + run.length > self._confirmed:
-                break
-            run.item.runs -= 1
-            if not run.item.runs:
-                del self._items[run.item.item_id, run.item.content_index]
+        while drop < len(runs) - 1 and runs[drop].start + runs[drop].length <= self._confirmed:
+            item = runs[drop].item
+            item.runs -= 1
+            if not item.runs:
+                del self._items[(item.item_id, item.content_index)]
             drop += 1
         if drop:
             del runs[:drop]
@@ -399,12 +340,7 @@ class PlayoutLedger:
             return []
         bpm = self._bpm
         latency = self._latency
-        next_end = 0  # end byte of the oldest pending audio mark
-        for i in range(self._count):
-            slot = (self._head + i) & (self._cap - 1)
-            if self._kinds[slot] == _AUDIO:
-                next_end = self._ends[slot]
-                break
+        next_end = next(end for kind, end, _sent in self._fifo if kind == _AUDIO)
         h = (now * 1000.0 + latency - self._origin) * bpm
         h = min(h, float(self._pos), next_end + 2.0 * latency * bpm)
         h = max(h, float(self._confirmed))
@@ -417,9 +353,9 @@ class PlayoutLedger:
                 continue
             seen.add(key)
             heard = min(max(h - run.start, 0.0), float(run.length))
-            # floor(min(...)): "// 1.0" is floor in Python and compiles to C's floor()
-            ms = int(min((run.rel_start + heard) / bpm - self._lead, item.produced) // 1.0)
-            plan.append((item.item_id, item.content_index, max(0, ms)))
+            ms = math.floor((run.rel_start + heard) / bpm - self._lead)
+            plan.append((item.item_id, item.content_index,
+                         max(0, min(ms, math.floor(item.produced)))))
         return plan
 
     def clear(self, now: float) -> None:
@@ -427,8 +363,7 @@ class PlayoutLedger:
 
         ``now`` is not needed by the model (kept for a uniform call signature)."""
         self._epoch += 1
-        self._prefix = ""
         self._epoch_first_seq = self._seq
-        self._head = self._count = 0
+        self._fifo.clear()
         self._audio_pending = 0
         self._reset_stream()
