@@ -13,6 +13,8 @@ from libc.string cimport memcpy
 
 from _fastpath._pure.ledger import MarkOutcome
 
+__all__ = ["MarkOutcome", "PlayoutLedger"]
+
 cdef tuple _OUTCOMES = tuple(MarkOutcome)
 cdef enum:
     PLAYED = 0

@@ -88,6 +88,8 @@ import enum
 import math
 from collections import deque
 
+__all__ = ["MarkOutcome", "PlayoutLedger"]
+
 _AUDIO = 0
 _PROBE = 1
 _TOLERANCE_MS = 25.0
@@ -107,7 +109,7 @@ class MarkOutcome(enum.IntEnum):
 class _Item:
     """Totals of one (item_id, content_index) in the current epoch."""
 
-    __slots__ = ("item_id", "content_index", "queued", "produced", "runs")
+    __slots__ = ("content_index", "item_id", "produced", "queued", "runs")
 
     def __init__(self, item_id: str, content_index: int) -> None:
         self.item_id = item_id
@@ -120,7 +122,7 @@ class _Item:
 class _Run:
     """A contiguous stretch ``[start, start + length)`` of the stream belonging to one item."""
 
-    __slots__ = ("item", "start", "length", "rel_start")
+    __slots__ = ("item", "length", "rel_start", "start")
 
     def __init__(self, item: _Item, start: int) -> None:
         self.item = item
@@ -258,7 +260,7 @@ class PlayoutLedger:
         return self._issue(_AUDIO, s)
 
     # -- inbound -------------------------------------------------------------------------------
-    def on_mark(self, name: str, now: float) -> MarkOutcome:
+    def on_mark(self, name: object, now: float) -> MarkOutcome:
         """Classify an echoed mark and update played position / latency accordingly."""
         epoch = seq = None
         if isinstance(name, str):
@@ -310,7 +312,7 @@ class PlayoutLedger:
 
     def _latency_sample(self, sample: float) -> None:
         recent = self._recent
-        recent.append(sample if sample > 0.0 else 0.0)  # as compiled: NaN and -0.0 become 0.0
+        recent.append(max(0.0, sample))  # 0.0 first: NaN and -0.0 become +0.0, as compiled
         ordered = sorted(recent)
         n = len(ordered)
         total = 0.0
@@ -358,7 +360,7 @@ class PlayoutLedger:
                          max(0, min(ms, math.floor(item.produced)))))
         return plan
 
-    def clear(self, now: float) -> None:
+    def clear(self, now: float) -> None:  # noqa: ARG002 (``now``: same call shape as the others)
         """The gateway just sent ``clear``: start a new epoch; pending marks become flushed.
 
         ``now`` is not needed by the model (kept for a uniform call signature)."""
