@@ -1,6 +1,8 @@
 # Stub of the compiled module resample.pyx; the pure twin _fastpath/_pure/resample.py has the same
 # API (tests/fastpath/test_stubs.py compares the three).
-from typing_extensions import Buffer, Self, disjoint_base
+from typing import Self
+
+from typing_extensions import Buffer, disjoint_base
 
 from .._pure.resample import design_filter as design_filter
 from .._pure.resample import rate_ratio as rate_ratio

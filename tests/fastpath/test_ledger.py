@@ -9,9 +9,9 @@ import re
 
 import numpy as np
 import pytest
-from impls import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from impls import load
 
 BPM = 8  # μ-law bytes per ms
 
@@ -457,17 +457,21 @@ def test_flushed_and_misattributed_epochs(impl):
     assert (ledger.flushed_marks, ledger.unknown_marks, ledger.played_marks) == (3, 2, 1)
 
 
-@pytest.mark.parametrize("args", [dict(bytes_per_ms=0), dict(default_latency_ms=-1.0),
-                                  dict(default_latency_ms=math.inf), dict(lead_ms=math.nan)])
-def test_constructor_validation(impl, args):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("args", "message"), [
+    ({"bytes_per_ms": 0}, "bytes_per_ms must be positive"),
+    ({"default_latency_ms": -1.0}, "must be finite and >= 0"),
+    ({"default_latency_ms": math.inf}, "must be finite and >= 0"),
+    ({"lead_ms": math.nan}, "must be finite and >= 0"),
+])
+def test_constructor_validation(impl, args, message):
+    with pytest.raises(ValueError, match=message):
         load(impl, "ledger").PlayoutLedger(**args)
 
 
-@pytest.mark.parametrize("nbytes, produced", [(-1, 0.0), (8, -0.5), (8, math.nan), (8, math.inf)])
+@pytest.mark.parametrize(("nbytes", "produced"), [(-1, 0.0), (8, -0.5), (8, math.nan), (8, math.inf)])
 def test_queue_validation(impl, nbytes, produced):
     ledger = load(impl, "ledger").PlayoutLedger()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nbytes must be >= 0 and produced_ms finite"):
         ledger.queue("item", 0, nbytes, produced, 0.0)
     assert ledger.pending == 0 and ledger.queued_bytes == 0
 
