@@ -25,6 +25,9 @@ directives = {
     "initializedcheck": debug,
     "cdivision": True,
     "embedsignature": True,
+    # Cython functions (not builtins) so inspect.signature sees names, kinds and defaults
+    # (tests/fastpath/test_stubs.py compares them with the stubs and the pure twin).
+    "binding": True,
 }
 
 extensions = [

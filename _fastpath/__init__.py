@@ -3,66 +3,82 @@
 The compiled implementation (``_fastpath._compiled``, Cython) is used unless the environment sets
 ``GATEWAY_NO_EXTENSIONS=1`` or it failed to build; ``_fastpath._pure`` is the readable reference
 with identical signatures. ``COMPILED`` tells which one is active.
+
+Types: type checkers see the compiled API, described by the stubs ``_fastpath/_compiled/*.pyi``
+(the package ships ``py.typed``); tests/fastpath/test_stubs.py checks that stubs, compiled modules
+and pure twin export the same names with the same parameters.
 """
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = [
     "COMPILED",
     "IMPLEMENTATION",
+    "MarkOutcome",
+    "PlayoutLedger",
     "ProtocolError",
+    "Resampler",
+    "decode_audio_delta",
+    "decode_media",
+    "delta_to_pcmu",
+    "encode_append",
+    "encode_clear",
+    "encode_mark",
+    "encode_media",
+    "media_to_append",
+    "pcmu_to_append",
     "ulaw_decode",
     "ulaw_encode",
-    "Resampler",
-    "decode_media",
-    "encode_media",
-    "encode_mark",
-    "encode_clear",
-    "encode_append",
-    "decode_audio_delta",
-    "pcmu_to_append",
-    "media_to_append",
-    "delta_to_pcmu",
-    "PlayoutLedger",
-    "MarkOutcome",
 ]
 
-if os.environ.get("GATEWAY_NO_EXTENSIONS", "") not in ("", "0"):
-    from . import _pure as _impl
 
-    COMPILED = False
-else:
+def _select() -> tuple[ModuleType, bool]:
+    """The implementation package to use, and whether it is the compiled one."""
+    if os.environ.get("GATEWAY_NO_EXTENSIONS", "") not in ("", "0"):
+        from . import _pure
+
+        return _pure, False
     try:
-        from . import _compiled as _impl
-
-        COMPILED = True
+        from . import _compiled
     except ImportError:  # not built (e.g. source checkout without build_ext): fall back loudly
         import warnings
 
         warnings.warn(
             "_fastpath: compiled extension not available, using the pure-Python twin",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,  # the module importing _fastpath
         )
-        from . import _pure as _impl
+        from . import _pure
 
-        COMPILED = False
+        return _pure, False
+    return _compiled, True
 
-IMPLEMENTATION = _impl
-ulaw_decode = _impl.ulaw_decode
-ulaw_encode = _impl.ulaw_encode
-Resampler = _impl.Resampler
-decode_media = _impl.decode_media
-encode_media = _impl.encode_media
-encode_mark = _impl.encode_mark
-encode_clear = _impl.encode_clear
-encode_append = _impl.encode_append
-decode_audio_delta = _impl.decode_audio_delta
-pcmu_to_append = _impl.pcmu_to_append
-media_to_append = _impl.media_to_append
-delta_to_pcmu = _impl.delta_to_pcmu
-PlayoutLedger = _impl.PlayoutLedger
-MarkOutcome = _impl.MarkOutcome
+
+IMPLEMENTATION, COMPILED = _select()
+
+if TYPE_CHECKING:
+    from ._compiled import (
+        MarkOutcome,
+        PlayoutLedger,
+        Resampler,
+        decode_audio_delta,
+        decode_media,
+        delta_to_pcmu,
+        encode_append,
+        encode_clear,
+        encode_mark,
+        encode_media,
+        media_to_append,
+        pcmu_to_append,
+        ulaw_decode,
+        ulaw_encode,
+    )
+else:
+    globals().update((name, getattr(IMPLEMENTATION, name)) for name in IMPLEMENTATION.__all__)

@@ -1,4 +1,5 @@
-"""Compiled (Cython) implementation; ``_fastpath._pure`` is its reference twin: same names, same signatures, same results."""
+"""Compiled (Cython) implementation; ``_fastpath._pure`` is its reference twin: same names,
+same signatures, same results.  Their types are the stubs ``*.pyi`` next to the extensions."""
 from .framing import (
     decode_audio_delta,
     decode_media,
@@ -11,12 +12,22 @@ from .framing import (
     pcmu_to_append,
 )
 from .g711 import ulaw_decode, ulaw_encode
-from .ledger import PlayoutLedger
-from .._pure.ledger import MarkOutcome
+from .ledger import MarkOutcome, PlayoutLedger
 from .resample import Resampler
 
 __all__ = [
-    "ulaw_decode", "ulaw_encode", "Resampler", "decode_media", "encode_media", "encode_mark",
-    "encode_clear", "encode_append", "decode_audio_delta", "pcmu_to_append", "media_to_append",
-    "delta_to_pcmu", "PlayoutLedger", "MarkOutcome",
+    "MarkOutcome",
+    "PlayoutLedger",
+    "Resampler",
+    "decode_audio_delta",
+    "decode_media",
+    "delta_to_pcmu",
+    "encode_append",
+    "encode_clear",
+    "encode_mark",
+    "encode_media",
+    "media_to_append",
+    "pcmu_to_append",
+    "ulaw_decode",
+    "ulaw_encode",
 ]

@@ -25,6 +25,11 @@ import orjson
 
 from _fastpath.errors import ProtocolError
 
+__all__ = [
+    "decode_audio_delta", "decode_media", "delta_to_pcmu", "encode_append", "encode_clear",
+    "encode_mark", "encode_media", "media_to_append", "pcmu_to_append",
+]
+
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
     const bint PY_BIG_ENDIAN  # the C kernels work on native int16; the wire is little-endian

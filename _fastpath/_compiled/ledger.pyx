@@ -2,7 +2,8 @@
 """Compiled twin of ``_fastpath._pure.ledger`` (same model, same float operations in the same
 order, so both give identical results).  Pending marks live in a malloc'd ring of C structs;
 mark names are formatted and parsed on the str's 1-byte data; the item table is only touched
-when a new run starts or on pruning."""
+when a new run starts or on pruning.  Why this is not generated from the pure source: see the end
+of that module's docstring (a pure-Python-mode build was measured 9-80 % slower)."""
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.unicode cimport (PyUnicode_1BYTE_DATA, PyUnicode_1BYTE_KIND, PyUnicode_Check,
                               PyUnicode_GET_LENGTH, PyUnicode_KIND, PyUnicode_New)
@@ -11,6 +12,8 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.string cimport memcpy
 
 from _fastpath._pure.ledger import MarkOutcome
+
+__all__ = ["MarkOutcome", "PlayoutLedger"]
 
 cdef tuple _OUTCOMES = tuple(MarkOutcome)
 cdef enum:

@@ -16,7 +16,7 @@ from libc.string cimport memcpy, memmove, memset
 
 from _fastpath._pure.resample import design_filter, rate_ratio
 
-__all__ = ["Resampler", "design_filter"]
+__all__ = ["Resampler", "design_filter", "rate_ratio"]
 
 cdef extern from "Python.h":
     const bint PY_BIG_ENDIAN
@@ -80,7 +80,10 @@ cdef void _swap16(int16_t* p, Py_ssize_t n) noexcept nogil:
 
 
 cdef class Resampler:
-    """Resampler(src_rate, dst_rate): stateful PCM16 LE mono resampler (see the pure twin)."""
+    """Resampler(int src_rate, int dst_rate)
+
+    Stateful PCM16 LE mono resampler (see the pure twin).  The first line is the signature of
+    ``__cinit__`` in embedsignature's form (Cython only embeds ``__init__``'s)."""
 
     def __cinit__(self, int src_rate, int dst_rate):
         cdef Py_ssize_t up, down, n, half, p, k

@@ -15,7 +15,18 @@ from .ledger import MarkOutcome, PlayoutLedger
 from .resample import Resampler
 
 __all__ = [
-    "ulaw_decode", "ulaw_encode", "Resampler", "decode_media", "encode_media", "encode_mark",
-    "encode_clear", "encode_append", "decode_audio_delta", "pcmu_to_append", "media_to_append",
-    "delta_to_pcmu", "PlayoutLedger", "MarkOutcome",
+    "MarkOutcome",
+    "PlayoutLedger",
+    "Resampler",
+    "decode_audio_delta",
+    "decode_media",
+    "delta_to_pcmu",
+    "encode_append",
+    "encode_clear",
+    "encode_mark",
+    "encode_media",
+    "media_to_append",
+    "pcmu_to_append",
+    "ulaw_decode",
+    "ulaw_encode",
 ]

@@ -7,18 +7,36 @@ and must give the same results (see PROTOCOLS.md A.3, A.4, B.3, B.4).
 from __future__ import annotations
 
 import binascii
+from typing import TYPE_CHECKING
 
 import orjson
 
 from ..errors import ProtocolError
 from .g711 import ulaw_decode, ulaw_encode
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+    from .resample import Resampler
+
+__all__ = [
+    "decode_audio_delta",
+    "decode_media",
+    "delta_to_pcmu",
+    "encode_append",
+    "encode_clear",
+    "encode_mark",
+    "encode_media",
+    "media_to_append",
+    "pcmu_to_append",
+]
+
 _AUDIO_DELTA_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _APPEND_HEAD = b'{"type":"input_audio_buffer.append","audio":"'
 _APPEND_TAIL = b'"}'
 
 
-def _loads(message) -> object:
+def _loads(message: str | Buffer) -> object:
     """Parse a peer message; anything orjson rejects is the peer's fault."""
     if not isinstance(message, (bytes, bytearray, memoryview, str)):
         message = memoryview(message)  # other bytes-like objects; TypeError for non-buffers
@@ -43,18 +61,18 @@ def _b64decode(text: str) -> bytes:
         raise ProtocolError(f"invalid base64 audio: {exc}") from None
 
 
-def _b64encode(audio) -> bytes:
+def _b64encode(audio: Buffer) -> bytes:
     return binascii.b2a_base64(audio, newline=False)
 
 
-def _json_str(value: str) -> bytes:
+def _json_str(value: object) -> bytes:
     """JSON string literal (with quotes), escaped exactly as orjson does."""
     if not isinstance(value, str):
         raise TypeError(f"expected str, got {type(value).__name__}")
     return orjson.dumps(value)
 
 
-def _media_payload(message, stream_sid: str | None) -> str | None:
+def _media_payload(message: str | Buffer, stream_sid: str | None) -> str | None:
     """The base64 payload string of a Twilio ``media`` message, None for other events."""
     msg = _loads(message)
     if not isinstance(msg, dict):
@@ -73,7 +91,7 @@ def _media_payload(message, stream_sid: str | None) -> str | None:
     return payload
 
 
-def decode_media(message, stream_sid: str | None = None) -> bytes | None:
+def decode_media(message: str | Buffer, stream_sid: str | None = None) -> bytes | None:
     """μ-law bytes of a Twilio ``media`` message; None for every other event.
 
     With ``stream_sid`` the message must carry that top-level ``streamSid`` (audio of another
@@ -83,7 +101,7 @@ def decode_media(message, stream_sid: str | None = None) -> bytes | None:
     return None if payload is None else _b64decode(payload)
 
 
-def encode_media(stream_sid: str, audio) -> bytes:
+def encode_media(stream_sid: str, audio: Buffer) -> bytes:
     """Twilio outbound ``media`` message carrying μ-law 8 kHz ``audio``."""
     return (b'{"event":"media","streamSid":' + _json_str(stream_sid)
             + b',"media":{"payload":"' + _b64encode(audio) + b'"}}')
@@ -100,12 +118,12 @@ def encode_clear(stream_sid: str) -> bytes:
     return b'{"event":"clear","streamSid":' + _json_str(stream_sid) + b"}"
 
 
-def encode_append(audio) -> bytes:
+def encode_append(audio: Buffer) -> bytes:
     """OpenAI ``input_audio_buffer.append`` carrying ``audio`` in the session's input format."""
     return _APPEND_HEAD + _b64encode(audio) + _APPEND_TAIL
 
 
-def _delta_fields(message) -> tuple[str, int, str] | None:
+def _delta_fields(message: str | Buffer) -> tuple[str, int, str] | None:
     """``(item_id, content_index, base64 delta)`` of an output-audio delta, None for other events."""
     msg = _loads(message)
     if not isinstance(msg, dict):
@@ -122,7 +140,7 @@ def _delta_fields(message) -> tuple[str, int, str] | None:
     return item_id, content_index, delta
 
 
-def decode_audio_delta(message) -> tuple[str, int, bytes] | None:
+def decode_audio_delta(message: str | Buffer) -> tuple[str, int, bytes] | None:
     """``(item_id, content_index, audio)`` of ``response.output_audio.delta`` (or the beta name
     ``response.audio.delta``); None for every other event type."""
     fields = _delta_fields(message)
@@ -132,13 +150,13 @@ def decode_audio_delta(message) -> tuple[str, int, bytes] | None:
     return item_id, content_index, _b64decode(delta)
 
 
-def _check_rates(resampler, src_rate: int, dst_rate: int) -> None:
+def _check_rates(resampler: Resampler, src_rate: int, dst_rate: int) -> None:
     if (resampler.src_rate, resampler.dst_rate) != (src_rate, dst_rate):
         raise ValueError(f"need a Resampler({src_rate}, {dst_rate}), "
                          f"got Resampler({resampler.src_rate}, {resampler.dst_rate})")
 
 
-def pcmu_to_append(ulaw, resampler) -> bytes:
+def pcmu_to_append(ulaw: Buffer, resampler: Resampler) -> bytes:
     """μ-law 8 kHz → ``input_audio_buffer.append`` with PCM16 LE 24 kHz.
 
     ``resampler`` is the caller's Resampler(8000, 24000) for this call; it keeps filter state
@@ -148,7 +166,8 @@ def pcmu_to_append(ulaw, resampler) -> bytes:
     return encode_append(resampler.process(ulaw_decode(ulaw)))
 
 
-def media_to_append(message, resampler=None, stream_sid: str | None = None) -> bytes | None:
+def media_to_append(message: str | Buffer, resampler: Resampler | None = None,
+                    stream_sid: str | None = None) -> bytes | None:
     """Twilio ``media`` message → OpenAI ``input_audio_buffer.append``; None for other events.
 
     Without a resampler the session takes μ-law (``audio/pcmu``): the payload characters are
@@ -164,7 +183,7 @@ def media_to_append(message, resampler=None, stream_sid: str | None = None) -> b
     return pcmu_to_append(ulaw, resampler)
 
 
-def delta_to_pcmu(message, resampler) -> tuple[str, int, bytes, int] | None:
+def delta_to_pcmu(message: str | Buffer, resampler: Resampler) -> tuple[str, int, bytes, int] | None:
     """PCM16 24 kHz output-audio delta → ``(item_id, content_index, μ-law 8 kHz, pcm_byte_count)``.
 
     ``resampler`` is the caller's Resampler(24000, 8000); None for non-delta events.

@@ -5,13 +5,15 @@ the tables are computed once from the textbook formulas below and applied with n
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["ulaw_decode", "ulaw_encode"]
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Buffer
 
-_BytesLike = Union[bytes, bytearray, memoryview]
+__all__ = ["ulaw_decode", "ulaw_encode"]
 
 _BIAS = 0x84  # 132: added before taking the segment so every segment boundary is a power of two
 _BIAS_14 = _BIAS >> 2  # 33: the same bias on the 14-bit scale audioop encodes on
@@ -49,12 +51,12 @@ _DECODE = np.array([_decode_code(c) for c in range(256)], dtype="<i2")
 _ENCODE = np.array([_encode_sample14(x) for x in range(-8192, 8192)], dtype=np.uint8)
 
 
-def ulaw_decode(data: _BytesLike) -> bytes:
+def ulaw_decode(data: Buffer) -> bytes:
     """μ-law bytes → PCM16 little-endian (two bytes per input byte)."""
-    return _DECODE[np.frombuffer(data, dtype=np.uint8)].tobytes()
+    return _DECODE[np.frombuffer(memoryview(data), dtype=np.uint8)].tobytes()
 
 
-def ulaw_encode(pcm: _BytesLike) -> bytes:
+def ulaw_encode(pcm: Buffer) -> bytes:
     """PCM16 little-endian → μ-law bytes (``audioop.lin2ulaw(pcm, 2)``).
 
     Raises ValueError on an odd number of bytes (a caller bug, not peer input).
@@ -62,5 +64,6 @@ def ulaw_encode(pcm: _BytesLike) -> bytes:
     nbytes = memoryview(pcm).nbytes
     if nbytes & 1:
         raise ValueError(f"PCM16 input must have an even number of bytes, got {nbytes}")
-    samples = np.frombuffer(pcm, dtype="<i2")
-    return _ENCODE[(samples >> 2) + 8192].tobytes()
+    samples: npt.NDArray[np.int16] = np.frombuffer(memoryview(pcm), dtype="<i2")
+    codes: npt.NDArray[np.uint8] = _ENCODE[(samples >> 2) + 8192]  # numpy types fancy indexing Any
+    return codes.tobytes()

@@ -9,9 +9,16 @@ which makes the output count independent of how the input is chunked.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from typing_extensions import Buffer
+
+__all__ = ["Resampler", "design_filter", "rate_ratio"]
 
 # Prototype parameters relative to the lower of the two rates (8 kHz figures): a 3.8 kHz cutoff,
 # 27 taps per low-rate sample and a Kaiser window for 65 dB give 0.35 dB ripple over 0-3.4 kHz
@@ -25,7 +32,7 @@ _KAISER_BETA = 0.1102 * (65.0 - 8.7)
 _RATES = (8000, 16000, 24000)          # every pair of these, either way, and equal rates (copy)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _design(up: int, down: int) -> tuple[float, ...]:
     if up == down:
         return (1.0,)
@@ -60,9 +67,9 @@ class Resampler:
     """Stateful PCM16 LE mono resampler: chunking of the input never changes the output."""
 
     def __init__(self, src_rate: int, dst_rate: int) -> None:
-        self.src_rate = src_rate
-        self.dst_rate = dst_rate
         up, down = rate_ratio(src_rate, dst_rate)
+        self._src_rate = src_rate
+        self._dst_rate = dst_rate
         h = np.array(design_filter(up, down))
         taps = -(-h.size // up)                            # taps per phase
         half = (h.size - 1) // 2
@@ -81,6 +88,16 @@ class Resampler:
         self.reset()
 
     @property
+    def src_rate(self) -> int:
+        """Input sample rate in Hz (read-only, as in the compiled twin)."""
+        return self._src_rate
+
+    @property
+    def dst_rate(self) -> int:
+        """Output sample rate in Hz (read-only, as in the compiled twin)."""
+        return self._dst_rate
+
+    @property
     def delay(self) -> int:
         """Group delay in output samples: output j is input time (j - delay) / dst_rate."""
         return self._delay
@@ -91,9 +108,9 @@ class Resampler:
         self._credit = 0        # n_in * up - n_out * down, always in [0, down)
         self._fed = False
 
-    def process(self, pcm: bytes | bytearray | memoryview) -> bytes:
+    def process(self, pcm: Buffer) -> bytes:
         """Resample PCM16 LE mono bytes; returns floor(n_in * up / down) samples cumulatively."""
-        x = np.frombuffer(pcm, dtype=np.uint8)
+        x = np.frombuffer(memoryview(pcm), dtype=np.uint8)
         if x.size % 2:
             raise ValueError("PCM16 input must have an even byte length")
         self._fed = self._fed or x.size > 0
@@ -105,7 +122,7 @@ class Resampler:
         self.reset()
         return out
 
-    def _run(self, x: np.ndarray) -> bytes:
+    def _run(self, x: npt.NDArray[np.float64]) -> bytes:
         up, down, taps = self._up, self._down, self._poly.shape[1]
         buf = np.concatenate((self._hist, x))
         credit = self._credit + x.size * up
@@ -117,5 +134,5 @@ class Resampler:
             return b""
         last = pos // up                                   # newest input sample of each window
         windows = np.lib.stride_tricks.sliding_window_view(buf, taps)[last - taps + 1]
-        y = np.einsum("ij,ij->i", windows, self._poly[pos % up])
+        y: npt.NDArray[np.float64] = np.einsum("ij,ij->i", windows, self._poly[pos % up])
         return np.rint(np.clip(y, -32768, 32767)).astype("<i2").tobytes()

@@ -8,9 +8,9 @@ import base64
 import binascii
 
 import pytest
-from impls import load
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from impls import load
 
 from _fastpath.errors import ProtocolError
 
@@ -117,7 +117,7 @@ def test_decode_rejects(b64, text):
 
 
 def test_protocol_error_is_value_error(b64):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid base64"):
         b64.decode(b"QQ=")
 
 

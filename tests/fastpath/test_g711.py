@@ -6,9 +6,9 @@ import warnings
 
 import numpy as np
 import pytest
-from impls import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from impls import load
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -79,9 +79,9 @@ def test_negative_rounding_is_audioops(g711):
 
 @pytest.mark.parametrize("nbytes", [1, 3, 321])
 def test_encode_odd_length_raises(g711, nbytes):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="even number of bytes"):
         g711.ulaw_encode(bytes(nbytes))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="even number of bytes"):
         g711.ulaw_encode(memoryview(bytes(nbytes + 1))[1:])
 
 

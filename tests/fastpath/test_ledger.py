@@ -9,9 +9,9 @@ import re
 
 import numpy as np
 import pytest
-from impls import load
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from impls import load
 
 BPM = 8  # μ-law bytes per ms
 
@@ -302,6 +302,29 @@ def test_names_probe_and_latency_estimate(impl):
     assert (ledger.probe_marks, ledger.flushed_marks, ledger.played_marks) == (5, 1, 0)
 
 
+def test_latency_estimate_is_a_plain_left_fold(impl):
+    """The interquartile mean adds its values in ascending order, one after the other, as the
+    compiled loop does.  Python 3.12's sum() compensates float rounding, so a pure twin using it
+    would drift from the compiled one in the last bits: eight samples of 0.1 make the difference
+    (0.7999999999999999 folded, 0.8 compensated)."""
+    ledger = load(impl, "ledger").PlayoutLedger()
+    for _ in range(16):
+        ledger.on_mark(ledger.probe(0.0), 0.0002)  # one-way sample (0.2 - 0.0) / 2 == 0.1
+    total = 0.0
+    for _ in range(8):  # the middle half of 16 equal samples
+        total += 0.1
+    assert total != math.fsum([0.1] * 8)  # the case tells a left fold from a compensated sum
+    assert ledger.latency_samples == 16 and ledger.latency_ms == total / 8
+
+
+@pytest.mark.parametrize("echo", [math.nan, -1.0])
+def test_meaningless_latency_sample_counts_as_zero(impl, echo):
+    """An echo time before the send (or NaN) gives sample 0.0 in both twins, never NaN or < 0."""
+    ledger = load(impl, "ledger").PlayoutLedger(default_latency_ms=40.0)
+    ledger.on_mark(ledger.probe(0.0), echo)
+    assert ledger.latency_samples == 1 and ledger.latency_ms == 0.0
+    assert math.copysign(1.0, ledger.latency_ms) == 1.0  # +0.0, as the compiled twin's clamp
+
 def test_latency_from_first_chunk_after_idle(impl):
     """A chunk sent on an idle buffer plays on arrival: its echo is a round-trip sample."""
     mod = load(impl, "ledger")
@@ -434,17 +457,21 @@ def test_flushed_and_misattributed_epochs(impl):
     assert (ledger.flushed_marks, ledger.unknown_marks, ledger.played_marks) == (3, 2, 1)
 
 
-@pytest.mark.parametrize("args", [dict(bytes_per_ms=0), dict(default_latency_ms=-1.0),
-                                  dict(default_latency_ms=math.inf), dict(lead_ms=math.nan)])
-def test_constructor_validation(impl, args):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("args", "message"), [
+    ({"bytes_per_ms": 0}, "bytes_per_ms must be positive"),
+    ({"default_latency_ms": -1.0}, "must be finite and >= 0"),
+    ({"default_latency_ms": math.inf}, "must be finite and >= 0"),
+    ({"lead_ms": math.nan}, "must be finite and >= 0"),
+])
+def test_constructor_validation(impl, args, message):
+    with pytest.raises(ValueError, match=message):
         load(impl, "ledger").PlayoutLedger(**args)
 
 
-@pytest.mark.parametrize("nbytes, produced", [(-1, 0.0), (8, -0.5), (8, math.nan), (8, math.inf)])
+@pytest.mark.parametrize(("nbytes", "produced"), [(-1, 0.0), (8, -0.5), (8, math.nan), (8, math.inf)])
 def test_queue_validation(impl, nbytes, produced):
     ledger = load(impl, "ledger").PlayoutLedger()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="nbytes must be >= 0 and produced_ms finite"):
         ledger.queue("item", 0, nbytes, produced, 0.0)
     assert ledger.pending == 0 and ledger.queued_bytes == 0
 

@@ -1,14 +1,16 @@
 """The selector: compiled unless GATEWAY_NO_EXTENSIONS=1, and both expose the same API."""
 from __future__ import annotations
 
+import importlib.machinery
 import inspect
 import os
 import subprocess
 import sys
 
+from impls import NO_EXTENSIONS
+
 import _fastpath
 import _fastpath._pure as pure
-from impls import NO_EXTENSIONS
 
 
 def test_compiled_loaded_when_extensions_enabled():
@@ -18,7 +20,9 @@ def test_compiled_loaded_when_extensions_enabled():
     else:
         assert _fastpath.COMPILED is True
         assert _fastpath.IMPLEMENTATION.__name__ == "_fastpath._compiled"
-        assert type(_fastpath.PlayoutLedger).__name__ == "type" and _fastpath.PlayoutLedger.__module__ == "_fastpath._compiled.ledger"
+        ledger = sys.modules[_fastpath.PlayoutLedger.__module__]
+        assert ledger.__name__ == "_fastpath._compiled.ledger"
+        assert ledger.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def test_environment_switch_selects_pure_twin():

@@ -1,0 +1,29 @@
+# Stub of the compiled module framing.pyx; the pure twin _fastpath/_pure/framing.py has the same
+# API (tests/fastpath/test_stubs.py compares the three).
+from typing_extensions import Buffer
+
+from .resample import Resampler
+
+__all__ = [
+    "decode_audio_delta",
+    "decode_media",
+    "delta_to_pcmu",
+    "encode_append",
+    "encode_clear",
+    "encode_mark",
+    "encode_media",
+    "media_to_append",
+    "pcmu_to_append",
+]
+
+def decode_media(message: str | Buffer, stream_sid: str | None = None) -> bytes | None: ...
+def encode_media(stream_sid: str, audio: Buffer) -> bytes: ...
+def encode_mark(stream_sid: str, name: str) -> bytes: ...
+def encode_clear(stream_sid: str) -> bytes: ...
+def encode_append(audio: Buffer) -> bytes: ...
+def decode_audio_delta(message: str | Buffer) -> tuple[str, int, bytes] | None: ...
+def pcmu_to_append(ulaw: Buffer, resampler: Resampler) -> bytes: ...
+def media_to_append(
+    message: str | Buffer, resampler: Resampler | None = None, stream_sid: str | None = None
+) -> bytes | None: ...
+def delta_to_pcmu(message: str | Buffer, resampler: Resampler) -> tuple[str, int, bytes, int] | None: ...
