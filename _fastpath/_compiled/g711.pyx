@@ -1,4 +1,4 @@
-"""G.711 μ-law ⇄ PCM16LE, bit-exact with CPython's ``audioop`` (PROTOCOLS.md C.2/C.3).
+"""G.711 μ-law ⇄ PCM16LE, bit-exact with CPython's ``audioop`` (docs/protocols/g711.md).
 
 The kernels work on native ``int16_t``; the Python wrappers present little-endian bytes on any host.
 """
@@ -18,7 +18,7 @@ cdef enum:
 
 
 cdef void _build_decode_table() noexcept:
-    """C.2: |pcm| = (((mant << 3) + 132) << exp) - 132 on the bit-inverted code."""
+    """g711.md#decoding: |pcm| = (((mant << 3) + 132) << exp) - 132 on the bit-inverted code."""
     cdef int code, u, t
     for code in range(256):
         u = ~code & 0xFF
@@ -36,7 +36,7 @@ cdef void ulaw_decode_into(const uint8_t* src, Py_ssize_t n, int16_t* dst) noexc
 
 
 cdef void ulaw_encode_into(const int16_t* src, Py_ssize_t n, uint8_t* dst) noexcept nogil:
-    # audioop variant (C.3): magnitude of the 14-bit sample taken AFTER the floor shift, + bias 33.
+    # audioop variant (g711.md#encoding): magnitude of the 14-bit sample taken AFTER the floor shift, + bias 33.
     # The segment is floor(log2(mag)) - 5 and the step the 4 bits below the leading one, which is
     # exactly what an IEEE float stores: exponent and top mantissa bits. So for mag in [33, 8191]
     # (clamped: larger magnitudes take the max code 0x7F) float_bits >> 19 == (127+5+seg) << 4 | step.

@@ -2,7 +2,7 @@
 
 Readable reference for ``_fastpath._compiled.framing``. Every message is parsed in full with
 orjson here; the compiled twin skips the parse for the compact shapes the peers actually send
-and must give the same results (see PROTOCOLS.md A.3, A.4, B.3, B.4).
+and must give the same results (docs/protocols/twilio.md#what-the-fast-path-assumes, openai-realtime.md#audio-deltas).
 """
 from __future__ import annotations
 

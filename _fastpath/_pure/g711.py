@@ -1,6 +1,6 @@
 """G.711 μ-law ⇄ PCM16LE, reference twin of ``_fastpath._compiled.g711``.
 
-Bit-exact with CPython's ``audioop`` (PROTOCOLS.md C.2/C.3). Both directions are a table lookup:
+Bit-exact with CPython's ``audioop`` (docs/protocols/g711.md). Both directions are a table lookup:
 the tables are computed once from the textbook formulas below and applied with numpy.
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ _SEG_UEND = (0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)
 
 
 def _decode_code(code: int) -> int:
-    """One μ-law code → int16 (C.2). Codes are sent bit-inverted; the sign bit set means negative."""
+    """One μ-law code → int16 (g711.md#decoding). Codes are sent bit-inverted; the sign bit set means negative."""
     u = ~code & 0xFF
     t = (((u & 0x0F) << 3) + _BIAS) << ((u & 0x70) >> 4)
     return (_BIAS - t) if u & 0x80 else (t - _BIAS)
 
 
 def _encode_sample14(x14: int) -> int:
-    """One 14-bit sample → μ-law code, Sun g711.c / audioop rounding (C.3).
+    """One 14-bit sample → μ-law code, Sun g711.c / audioop rounding (g711.md#encoding).
 
     The caller floor-shifts int16 by 2 *before* this function takes the magnitude, so negative
     samples round away from zero (-1 → code 0x7E); that is what makes it audioop-exact.

@@ -360,7 +360,7 @@ class PlayoutLedger:
                          max(0, min(ms, math.floor(item.produced)))))
         return plan
 
-    def clear(self, now: float) -> None:  # noqa: ARG002 (``now``: same call shape as the others)
+    def clear(self, now: float) -> None:
         """The gateway just sent ``clear``: start a new epoch; pending marks become flushed.
 
         ``now`` is not needed by the model (kept for a uniform call signature)."""

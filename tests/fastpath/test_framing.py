@@ -1,4 +1,4 @@
-"""Message framing (PROTOCOLS.md A.3, A.4, B.3, B.4), both implementations.
+"""Message framing (docs/protocols/twilio.md, openai-realtime.md), both implementations.
 
 References: orjson for JSON, binascii (strict) for base64, and — for the composites — the same
 implementation's own primitives chained step by step.

@@ -1,4 +1,4 @@
-"""G.711 μ-law codec vs CPython's audioop (PROTOCOLS.md C), for both implementations."""
+"""G.711 μ-law codec vs CPython's audioop (docs/protocols/g711.md), for both implementations."""
 from __future__ import annotations
 
 import sys
@@ -129,7 +129,7 @@ def test_round_trip_property(impl, samples):
     assert g711.ulaw_encode(g711.ulaw_decode(codes)) == codes
     decoded = np.frombuffer(g711.ulaw_decode(codes), dtype="<i2").astype(np.int32)
     clipped = np.clip(np.array(samples, dtype=np.int32), -32124, 32124)
-    assert np.all(np.abs(decoded - clipped) <= 515)  # C.4: max quantisation error
+    assert np.all(np.abs(decoded - clipped) <= 515)  # g711.md#encoding: max quantisation error
 
 
 @impl_settings

@@ -26,7 +26,7 @@ def test_readme_table_is_the_code_table():
 def test_session_update_matches_official_schema(mode):
     settings = Settings.from_env({}, insecure_dev=True, audio_mode=mode, vad_interrupt_response=False)
     agents = profiles.from_settings(settings)
-    name, agent = agents.get(agents.default)
+    _, agent = agents.get(agents.default)
     event = orjson.loads(oa.session_update(session.session_config(agent, agents.tools, settings), "CA1:session"))
     _, errors = validate_client_event(event)
     assert errors == []
