@@ -198,8 +198,8 @@ class Settings:
             parts = urlsplit(url)
             if url and (parts.scheme not in ("http", "https") or not parts.netloc):
                 raise ConfigError(f"{name} must be an http(s) URL")
-        if bool(self.twilio_api_key) != bool(self.twilio_api_secret):
-            raise ConfigError("TWILIO_API_KEY and TWILIO_API_SECRET go together")
+        if self.twilio_api_key and not self.twilio_api_secret:
+            raise ConfigError("TWILIO_API_KEY needs TWILIO_API_SECRET")
         if not self.twilio_auth_token and not self.insecure_dev:
             raise ConfigError(
                 "TWILIO_AUTH_TOKEN is not set: refusing to start without Twilio signature validation. "
@@ -216,7 +216,7 @@ class Settings:
         """(username, password) for Twilio's REST API, or None when it is not configured."""
         if not self.twilio_account_sid:
             return None
-        if self.twilio_api_key:
+        if self.twilio_api_key:  # an API key (with its secret) is preferred to the auth token
             return self.twilio_api_key, self.twilio_api_secret
         if self.twilio_auth_token:
             return self.twilio_account_sid, self.twilio_auth_token

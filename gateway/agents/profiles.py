@@ -171,12 +171,7 @@ def load_file(path: Path, settings: Settings) -> Agents:
         raise AgentsFileError(f"agents file {path}: cannot read it: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise AgentsFileError(f"agents file {path}: not valid TOML: {exc}") from None
-    try:
-        parsed = msgspec.convert(raw, AgentsFile)
-    except msgspec.ValidationError as exc:
-        message, _, where = str(exc).partition(" - at `$")
-        key = where.rstrip("`").lstrip(".").replace("[", ".").replace("]", "").replace("'", "")
-        raise AgentsFileError(f"agents file {path}: {key or '(top level)'}: {message}") from None
+    parsed = _convert(path, raw)
     problems = list(_problems(parsed, settings))
     if problems:
         key, reason = problems[0]
@@ -184,6 +179,32 @@ def load_file(path: Path, settings: Settings) -> Agents:
         raise AgentsFileError(f"agents file {path}: {key}: {reason}{more}")
     routes = dict(parsed.routes)
     return Agents(dict(parsed.agents), dict(parsed.tools), routes, dict(parsed.prices), str(path))
+
+
+def _convert(path: Path, raw: dict[str, Any]) -> AgentsFile:
+    """msgspec validation, one table entry at a time so an error names its entry (msgspec's own
+    paths do not show dict keys)."""
+    tables: dict[str, type] = {"agents": Agent, "tools": Tool, "prices": Price}
+    for section, value in raw.items():
+        if section not in (*tables, "routes"):
+            raise AgentsFileError(f"agents file {path}: {section}: unknown table (expected agents, tools, routes, "
+                                  "prices)")
+        if not isinstance(value, dict):
+            raise AgentsFileError(f"agents file {path}: {section}: must be a table")
+        kind = tables.get(section)
+        for name, entry in value.items():
+            try:
+                msgspec.convert(entry, kind or str)
+            except msgspec.ValidationError as exc:
+                message, _, where = str(exc).partition(" - at `$")
+                key = ".".join(p for p in (section, name, where.rstrip("`").lstrip(".")) if p)
+                raise AgentsFileError(f"agents file {path}: {key}: {message}") from None
+    try:
+        return msgspec.convert(raw, AgentsFile)
+    except msgspec.ValidationError as exc:  # e.g. no [agents] table at all
+        message, _, where = str(exc).partition(" - at `$")
+        raise AgentsFileError(f"agents file {path}: {where.rstrip('`').lstrip('.') or '(top level)'}: "
+                              f"{message}") from None
 
 
 def _problems(f: AgentsFile, settings: Settings) -> list[tuple[str, str]]:

@@ -90,11 +90,12 @@ class RecordSinks:
         assert self._queue is not None
         while True:
             body = await self._queue.get()
+            delivered = False
             try:
                 delivered = await self._deliver(body)
             finally:
+                self._count("webhook", "ok" if delivered else "error")
                 self._queue.task_done()
-            self._count("webhook", "ok" if delivered else "error")
 
     async def _deliver(self, body: bytes) -> bool:
         if self._session is None:
@@ -121,11 +122,11 @@ class RecordSinks:
         """Finish what is in flight (bounded), then stop."""
         if self._pending_files:
             await asyncio.wait(set(self._pending_files), timeout=DRAIN_S)
-        if self._queue is not None and not self._queue.empty():
+        if self._queue is not None:  # join also waits for deliveries in flight
             try:
                 await asyncio.wait_for(self._queue.join(), DRAIN_S)
             except TimeoutError:
-                log.error("stopping with %d call records not delivered to the webhook", self._queue.qsize())
+                log.error("stopping with call records not delivered to the webhook (%d queued)", self._queue.qsize())
         for task in self._senders:
             task.cancel()
         if self._senders:
