@@ -27,9 +27,8 @@ async def serve(handler: Handler) -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
@@ -93,7 +92,7 @@ def test_unreachable_tool(run):
 
 
 def test_records_reach_both_sinks_and_the_webhook_is_retried(run, tmp_path, monkeypatch):
-    import gateway.agents.sinks as sinks
+    from gateway.agents import sinks
 
     monkeypatch.setattr(sinks, "RETRIES", (0.05, 0.05, 0.05))
     attempts: list[bool] = []
@@ -120,7 +119,7 @@ def test_records_reach_both_sinks_and_the_webhook_is_retried(run, tmp_path, monk
 
 
 def test_a_refusing_webhook_is_not_retried_and_is_counted(run, monkeypatch):
-    import gateway.agents.sinks as sinks
+    from gateway.agents import sinks
 
     monkeypatch.setattr(sinks, "RETRIES", (0.05, 0.05))
     attempts: list[int] = []
