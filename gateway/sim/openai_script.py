@@ -67,8 +67,7 @@ class SimTurn:
     calls: tuple[SimFunctionCall, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.calls, tuple):
-            object.__setattr__(self, "calls", tuple(self.calls))
+        object.__setattr__(self, "calls", tuple(self.calls))  # a list is fine too
         if self.audio_ms is not None and self.audio_ms < 0:
             raise ValueError("audio_ms must be >= 0")
         if not all(isinstance(call, SimFunctionCall) for call in self.calls):
