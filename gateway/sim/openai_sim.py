@@ -3,7 +3,9 @@
 Faithful to docs/protocols/openai-realtime.md (see "What the OpenAI simulator models" there): GA
 event names and shapes, every client event validated against the official openai-python schema (plus
 unknown keys), an energy VAD on appended audio, barge-in with in-flight deltas,
-truncate/cancel/active-response errors with the observed texts, and the session duration cap. Cheap
+truncate/cancel/active-response errors with the observed texts, the session duration cap, and an
+agent's side of a session: scripted turns (``OpenAISimConfig.script``: speech and function calls),
+function call outputs, user text items, out-of-band responses, input transcription and usage. Cheap
 enough for thousands of sessions: audio comes from a precomputed bank with cached base64, audio
 deltas are built from byte templates, and one shared timer paces every response (no task per
 session).
