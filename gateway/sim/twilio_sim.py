@@ -315,7 +315,7 @@ class TwilioCall(WSListener):
             if at < self._end_at:
                 self._end_at, self._end_kind = at, kind
         self._inject(end)
-        return at
+        return min(at, self._end_at)  # an earlier end (the caller hanging up) wins
 
     def _emit_dtmf(self, t: float, digit: str) -> None:
         self.record.dtmf.append(DtmfSent(t, digit))
