@@ -1,4 +1,4 @@
-"""The whole system on loopback: OpenAI simulator (TLS) ⇄ gateway ⇄ Twilio simulator.
+"""The whole system on loopback: OpenAI simulator (TLS) ⇄ gateway ⇄ Twilio simulator (+ its REST API).
 
 Used by ``gateway demo`` and the end-to-end tests. ``Stack`` runs the real ``Gateway`` (secure
 mode: signatures and call tokens on) in this process, and ``judge`` turns what the two simulators
@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from .openai_sim import OpenAIRealtimeSim, OpenAISimConfig, SimSession
 from .openai_tls import make_self_signed_tls
 from .truth import ItemIndex, expected_ulaw, heard_bytes_per_item
 from .twilio_record import CallRecord
+from .twilio_rest import TwilioRestConfig, TwilioRestSim
 from .twilio_script import CallScript
 from .twilio_sim import TwilioCall, TwilioSim, TwilioSimConfig
 
@@ -41,6 +43,10 @@ class StackConfig:
     openai: OpenAISimConfig = field(default_factory=lambda: OpenAISimConfig(first_audio_ms=400))
     settings: dict[str, Any] = field(default_factory=dict)  # Settings field overrides
     record: bool = True  # keep audio in the simulators' records (needed by judge)
+    twilio_rest: TwilioRestConfig = field(default_factory=TwilioRestConfig)
+    # More Settings overrides computed from the running REST simulator (its base_url, account_sid,
+    # auth_token, api_key_sid/secret), applied before the gateway starts.
+    rest_settings: Callable[[TwilioRestSim], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -63,6 +69,7 @@ class CallReport:
     outcome: str
     truncates: list[TruncateCheck] = field(default_factory=list)
     clears: int = 0
+    unplayed_at_end_ms: float = 0.0  # audio Twilio held but never played when the call ended (not cleared)
     stop_latency_ms: list[float] = field(default_factory=list)  # caller speech start → audio stopped at Twilio
     problems: list[str] = field(default_factory=list)  # anything wrong; empty = correct call
     cancels: int = 0
@@ -83,6 +90,7 @@ class Stack:
             self.config.openai, record_audio=self.config.record, record_server_events=self.config.record))
         self.gateway: Gateway | None = None
         self.twilio: TwilioSim | None = None
+        self.twilio_rest: TwilioRestSim | None = None  # base_url, account_sid, auth_token, api_key_sid/secret
         self.settings: Settings | None = None
         self._tls_dir: tempfile.TemporaryDirectory[str] | None = None  # CA + server key, removed on exit
 
@@ -103,6 +111,13 @@ class Stack:
             self._tls_dir = tempfile.TemporaryDirectory(prefix="sim-tls-")
             ssl_ctx, ca_file = make_self_signed_tls(self._tls_dir.name)
         upstream_url = await self.openai.start(ssl_context=ssl_ctx)
+        self.twilio = TwilioSim(TwilioSimConfig(
+            webhook_url=PUBLIC_URL + "/twilio/voice", connect_to=None,  # set once the gateway listens
+            auth_token=AUTH_TOKEN, latency_ms=cfg.latency_ms, jitter_ms=cfg.jitter_ms, seed=cfg.seed,
+            record_payloads=cfg.record,
+        ))
+        self.twilio_rest = TwilioRestSim(self.twilio, cfg.twilio_rest)
+        await self.twilio_rest.start()
         values: dict[str, Any] = {
             "host": "127.0.0.1", "port": 0, "public_url": PUBLIC_URL, "upstream_url": upstream_url,
             "openai_api_key": self.openai.config.api_key, "upstream_ca_file": ca_file,
@@ -110,16 +125,16 @@ class Stack:
             "twilio_latency_ms": cfg.latency_ms,
         }
         values.update(cfg.settings)
+        if cfg.rest_settings is not None:
+            values.update(cfg.rest_settings(self.twilio_rest))
         self.settings = Settings.from_env({}, **values)
         self.gateway = Gateway(self.settings)
         port = await self.gateway.start()
-        self.twilio = TwilioSim(TwilioSimConfig(
-            webhook_url=PUBLIC_URL + "/twilio/voice", connect_to=f"http://127.0.0.1:{port}",
-            auth_token=AUTH_TOKEN, latency_ms=cfg.latency_ms, jitter_ms=cfg.jitter_ms, seed=cfg.seed,
-            record_payloads=cfg.record,
-        ))
+        self.twilio.config.connect_to = f"http://127.0.0.1:{port}"
 
     async def __aexit__(self, *exc: object) -> None:
+        if self.twilio_rest is not None:
+            await self.twilio_rest.stop()
         if self.twilio is not None:
             await self.twilio.close()
         if self.gateway is not None:
@@ -153,7 +168,9 @@ class Stack:
     def judge(self, record: CallRecord) -> CallReport:
         report = CallReport(record.call_sid, str(record.outcome), heard_ms=record.heard_ms)
         problems = report.problems
-        if str(record.outcome) != "completed":
+        cleared = sum(c.bytes_dropped for c in record.clears)
+        report.unplayed_at_end_ms = max(0, record.unplayed_bytes - cleared) / 8
+        if str(record.outcome) not in ("completed", "rest_completed", "redirected"):
             problems.append(f"call ended as {record.outcome} ({record.close_code} {record.close_reason})")
         problems.extend(f"twilio violation {code}: {detail}" for code, detail in record.violations)
         session = self.session_for(record.call_sid)
@@ -180,7 +197,7 @@ class Stack:
                 problems.append(f"truncate rejected: {t.error}")
         # An item the caller did not hear in full must have been truncated, unless the call ended
         # while it played (hang-up: the session is gone with it).
-        ended_by_caller = record.closed_by == "twilio" or str(record.outcome) == "dropped"
+        ended_by_caller = record.closed_by == "twilio" or str(record.outcome) == "dropped"  # or by a REST update
         for item in session.assistant_items:
             exp_len = len(expected.get(item.item_id, b""))
             got = heard.get(item.item_id, 0)

@@ -3,7 +3,9 @@
 Faithful to docs/protocols/openai-realtime.md (see "What the OpenAI simulator models" there): GA
 event names and shapes, every client event validated against the official openai-python schema (plus
 unknown keys), an energy VAD on appended audio, barge-in with in-flight deltas,
-truncate/cancel/active-response errors with the observed texts, and the session duration cap. Cheap
+truncate/cancel/active-response errors with the observed texts, the session duration cap, and an
+agent's side of a session: scripted turns (``OpenAISimConfig.script``: speech and function calls),
+function call outputs, user text items, out-of-band responses, input transcription and usage. Cheap
 enough for thousands of sessions: audio comes from a precomputed bank with cached base64, audio
 deltas are built from byte templates, and one shared timer paces every response (no task per
 session).
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import math
 import ssl
 import string
 import time
@@ -42,9 +45,11 @@ from picows import (
 
 from gateway.sim.openai_audio import BYTES_PER_MS, AudioBank, audio_bank, frame_rms
 from gateway.sim.openai_schema import validate_client_event
+from gateway.sim.openai_script import SimFunctionCall, SimTurn, default_tokens, text_tokens
 
-__all__ = ["AssistantItem", "CancelRecord", "ClientEvent", "ErrorRecord", "OpenAIRealtimeSim", "OpenAISimConfig",
-           "RejectedUpgrade", "ResponseRecord", "SimSession", "TruncateRecord", "UserItem"]
+__all__ = ["AssistantItem", "CancelRecord", "ClientEvent", "ErrorRecord", "FunctionCallItem", "FunctionOutput",
+           "OpenAIRealtimeSim", "OpenAISimConfig", "RejectedUpgrade", "ResponseRecord", "SimFunctionCall",
+           "SimSession", "SimTurn", "TextInput", "TruncateRecord", "UserItem"]
 
 DEFAULT_MODEL = "gpt-realtime"
 DEFAULT_INSTRUCTIONS = ("Your knowledge cutoff is 2023-10. You are a helpful, witty, and friendly AI. "
@@ -78,6 +83,18 @@ class OpenAISimConfig:
     record_audio: bool = True  # keep appended input audio bytes (off for load benches: counters only)
     record_server_events: bool = True  # keep (time, type) of every event sent (off for load benches)
     bank_s: int = 300  # seconds of distinct assistant audio per format (per-session uniqueness horizon)
+    # What the model does on successive default-conversation responses (see openai_script.py); each
+    # session starts at turn 0 (``SimSession.script`` may be replaced per session, e.g. in on_session).
+    # Exhausted: the default answers above.
+    script: tuple[SimTurn, ...] = ()
+    filler_ms: int = 1200  # audio of an out-of-band response (conversation "none"); never from the script
+    filler_text: str = "One moment please."  # its transcript (or text)
+    args_chunk_chars: int = 16  # function call arguments per response.function_call_arguments.delta
+    # Input transcription (only with audio.input.transcription set): transcript of the Nth committed
+    # user audio turn = caller_transcripts[N % len], or "caller turn N+1" when empty; its events come
+    # this long after the commit (the ASR runs asynchronously: they may land inside the response).
+    caller_transcripts: tuple[str, ...] = ()
+    transcription_delay_ms: int = 300
 
 
 @dataclass
@@ -136,7 +153,13 @@ class ResponseRecord:
     status: str = "in_progress"  # completed | cancelled
     reason: str | None = None  # turn_detected | client_cancelled
     done_at: float | None = None
-    item_ids: list[str] = field(default_factory=list)
+    item_ids: list[str] = field(default_factory=list)  # every output item started (messages and function calls)
+    conversation: bool = True  # False: out-of-band (conversation "none")
+    instructions: str | None = None  # the response.create override, if any
+    metadata: dict[str, Any] | None = None
+    script_index: int | None = None  # the SimTurn it played (None: default answer or out-of-band filler)
+    call_ids: list[str] = field(default_factory=list)  # call_id of each function call item, in order
+    usage: dict[str, Any] | None = None  # response.done's usage
 
 
 @dataclass
@@ -148,6 +171,45 @@ class UserItem:
     end_ms: float
     committed_at: float
     by_vad: bool
+    transcript: str | None = None  # set once input_audio_transcription.completed was sent
+
+
+@dataclass
+class FunctionCallItem:
+    """A function call the simulated model made (``status`` completed, or incomplete if its response
+    was cancelled while the arguments streamed: ``arguments`` is then what was generated)."""
+
+    item_id: str
+    response_id: str
+    call_id: str
+    name: str
+    planned_arguments: str
+    created_at: float
+    conversation: bool = True
+    status: str = "in_progress"  # completed | incomplete
+    arguments: str = ""  # streamed so far
+    declared: bool = True  # False: the tool was not declared (or tool_choice forbade it): a violation
+
+
+@dataclass
+class FunctionOutput:
+    """A ``function_call_output`` item the client created (accepted: its call_id was in the conversation)."""
+
+    time: float
+    item_id: str
+    call_id: str
+    name: str  # of the function call it answers
+    output: str
+
+
+@dataclass
+class TextInput:
+    """A ``message`` item with ``input_text`` content the client created (user text, DTMF, system notes)."""
+
+    time: float
+    item_id: str
+    role: str
+    text: str
 
 
 @dataclass
@@ -169,6 +231,7 @@ class AssistantItem:
     delivered_bytes: int = 0
     transcript: str = ""  # transcript (or text) sent so far
     truncated_ms: int | None = None
+    conversation: bool = True  # False: an out-of-band response's item (not in the conversation)
     _bank: AudioBank | None = field(default=None, repr=False)
     _first_chunk: int = field(default=0, repr=False)
 
@@ -212,15 +275,19 @@ class RejectedUpgrade:
 class _Stream:
     """The delivery state of one in-progress response.
 
-    A response streams its items one after another: ``item`` is the current one (output ``index``),
-    ``items`` every item started so far, ``remaining`` how many are still to start after it. ``words``,
-    ``words_sent``, ``chunks_sent`` and the delta template ``mid`` belong to the current item.
+    A response streams its output items one after another: ``item`` is the current one (output
+    ``index``; None before the first and in a response without items), ``items`` every item started
+    so far, ``plan`` the items still to start (a ``SimFunctionCall``, a ``_Message`` or None for a
+    default audio item of the ``response_ms`` cycle). ``tokens``, ``tokens_sent``, ``chunks_sent``
+    and the delta template ``mid`` belong to the current item (transcript deltas of a message, or
+    argument chunks of a function call).
     """
 
     __slots__ = (
         "cancel_countdown",
         "cancel_reason",
         "chunks_sent",
+        "context",
         "conversation",
         "format",
         "head",
@@ -231,28 +298,40 @@ class _Stream:
         "mid",
         "modalities",
         "next_due",
+        "plan",
         "record",
-        "remaining",
+        "tokens",
+        "tokens_sent",
+        "tool_choice",
+        "tools",
         "voice",
-        "words",
-        "words_done",
-        "words_sent",
     )
-    item: AssistantItem  # the current item: _start_item sets it right after the stream is created
 
     def __init__(self, record: ResponseRecord, fmt: dict[str, Any], voice: Any, modalities: list[str],
-                 conversation: bool, n_items: int, metadata: Any) -> None:
+                 conversation: bool, plan: list[SimFunctionCall | _Message | None], metadata: Any) -> None:
         self.record, self.format, self.voice = record, fmt, voice
         self.modalities, self.conversation, self.metadata = modalities, conversation, metadata
-        self.items: list[AssistantItem] = []
+        self.items: list[AssistantItem | FunctionCallItem] = []
+        self.item: AssistantItem | FunctionCallItem | None = None
         self.index = -1
-        self.remaining = max(1, n_items)
-        self.words: list[str] = []
-        self.words_sent = self.words_done = self.chunks_sent = 0  # words_done: of the finished items
+        self.plan = plan
+        self.tokens: list[str] = []
+        self.tokens_sent = self.chunks_sent = 0
         self.next_due = 0.0
         self.cancel_countdown: int | None = None
         self.cancel_reason: str | None = None
         self.head = self.mid = b""
+        self.tools: list[dict[str, Any]] = []
+        self.tool_choice: Any = "auto"
+        self.context: tuple[int, int] = (0, 0)  # (text, audio) input tokens when the response started
+
+
+@dataclass(frozen=True)
+class _Message:
+    """A planned assistant message: its audio length and transcript deltas (script or filler)."""
+
+    audio_ms: int
+    tokens: tuple[str, ...]
 
 
 class _Pacer:
@@ -372,7 +451,7 @@ class SimSession(WSListener):
         self._active: _Stream | None = None  # the default-conversation response
         self._out_of_band: dict[str, _Stream] = {}
         self._auto_response_pending = False
-        self._audio_responses = 0
+        self._init_agent_state(cfg)
         self._bank_cursor = _mix64(cfg.seed * 1_000_003 + index)  # per-session start in the audio bank
         self._buffer_start_ms = 0.0
         self._committed_input_ms = 0.0
@@ -384,6 +463,19 @@ class SimSession(WSListener):
         self._close_timer: asyncio.TimerHandle | None = None
         self._vad_threshold_rms = 32768 * 10 ** (cfg.vad_threshold_dbfs / 20)
         self._vad_resync()
+
+    def _init_agent_state(self, cfg: OpenAISimConfig) -> None:
+        """What the model does and what the client fed it (script, tools, transcripts, usage)."""
+        self.function_calls: list[FunctionCallItem] = []  # every function call the model made, in order
+        self.function_outputs: list[FunctionOutput] = []  # accepted function_call_output items, in order
+        self.text_inputs: list[TextInput] = []  # input_text messages the client created (user text, DTMF)
+        self.script: tuple[SimTurn, ...] = tuple(cfg.script)  # replaceable before the response it scripts
+        self.script_pos = 0  # next turn to play
+        self._audio_responses = 0  # audio items started (any response): voice lock, filler words
+        self._cycle = 0  # default audio items started: position in the response_ms cycle
+        self._transcribed = 0  # user audio turns transcribed
+        self._last_context = (0, 0)  # (text, audio) input tokens of the previous response: the cached prefix
+        self._timers: set[asyncio.TimerHandle] = set()
 
     # ---------------------------------------------------------------- public helpers
 
@@ -476,9 +568,10 @@ class SimSession(WSListener):
             self.close_reason = "connection lost (no CLOSE frame)"
         self._closing = True
         self._stop_streams()
-        for handle in (self._expiry, self._close_timer):
+        for handle in (self._expiry, self._close_timer, *self._timers):
             if handle is not None:
                 handle.cancel()
+        self._timers.clear()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -713,10 +806,54 @@ class SimSession(WSListener):
         self._send("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         self._send("conversation.item.added", previous_item_id=previous, item=item)
         self._send("conversation.item.done", previous_item_id=previous, item=item)
-        if self.session_config["audio"]["input"]["transcription"] is not None:
-            self._send("conversation.item.input_audio_transcription.completed", item_id=item_id, content_index=0,
-                       transcript="Hello, I'm calling about my order.",
-                       usage={"type": "duration", "seconds": round((end_ms - start_ms) / 1000, 3)})
+        transcription = self.session_config["audio"]["input"]["transcription"]
+        if transcription is not None:
+            n = self._transcribed
+            self._transcribed += 1
+            texts = self._cfg.caller_transcripts
+            transcript = texts[n % len(texts)] if texts else f"caller turn {n + 1}"
+            model = str(transcription.get("model") or "whisper-1")
+            self._later(self._cfg.transcription_delay_ms / 1000, self._transcribe, user, model, transcript)
+
+    def _transcribe(self, user: UserItem, model: str, transcript: str) -> None:
+        """The ASR's result for one committed user turn: deltas (streaming models), then completed.
+
+        whisper-1 is billed by duration and sends no deltas; the gpt-4o transcribe models are billed by
+        tokens (simulator approximation: 1 audio token per 100 ms, 1 text token per 4 characters).
+        """
+        item_id, seconds = user.item_id, (user.end_ms - user.start_ms) / 1000
+        usage: dict[str, Any]
+        if model == "whisper-1":
+            usage = {"type": "duration", "seconds": round(seconds, 3)}
+        else:
+            tokens = text_tokens(transcript)
+            step = max(1, -(-len(tokens) // 3))
+            for i in range(0, len(tokens), step):
+                self._send("conversation.item.input_audio_transcription.delta", item_id=item_id, content_index=0,
+                           delta="".join(tokens[i:i + step]))
+            audio_tokens, text_out = math.ceil(seconds * 10), _text_tokens(transcript)
+            usage = {"type": "tokens", "input_tokens": audio_tokens, "output_tokens": text_out,
+                     "total_tokens": audio_tokens + text_out,
+                     "input_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens}}
+        user.transcript = transcript
+        item = self._conversation.get(item_id)
+        if item is not None and item.get("content"):
+            item["content"][0]["transcript"] = transcript
+        self._send("conversation.item.input_audio_transcription.completed", item_id=item_id, content_index=0,
+                   transcript=transcript, usage=usage)
+
+    def _later(self, delay: float, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` after ``delay`` s (at once if 0), unless the session is over by then."""
+        if delay <= 0:
+            callback(*args)
+            return
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            if not self._closing:
+                callback(*args)
+        handle = self._loop.call_later(delay, fire)
+        self._timers.add(handle)
 
     def _on_commit(self, _event: dict[str, Any], event_id: str | None, _now: float) -> None:
         buffered = self.input_ms - self._buffer_start_ms
@@ -746,6 +883,30 @@ class SimSession(WSListener):
             return
         self._start_response("client", params)
 
+    def _plan(self, in_conversation: bool, text_only: bool) -> tuple[list[SimFunctionCall | _Message | None],
+                                                                      int | None]:
+        """The output items of a new response and the script turn it plays (None: not scripted)."""
+        cfg = self._cfg
+        if not in_conversation:  # out-of-band: filler, never the script
+            return [_Message(cfg.filler_ms, tuple(text_tokens(cfg.filler_text)))], None
+        if self.script_pos >= len(self.script):
+            return [None] * max(1, cfg.items_per_response), None
+        index = self.script_pos
+        self.script_pos += 1
+        turn = self.script[index]
+        plan: list[SimFunctionCall | _Message | None] = []
+        audio_ms = turn.speech_ms
+        if audio_ms > 0 or (text_only and turn.text):
+            tokens = text_tokens(turn.text) if turn.text else []
+            if not tokens:
+                tokens = default_tokens(self._filler_words(audio_ms))
+            plan.append(_Message(audio_ms, tuple(tokens)))
+        plan.extend(turn.calls)
+        return plan, index
+
+    def _filler_words(self, audio_ms: int) -> list[str]:
+        return [_WORDS[(self._audio_responses * 7 + i) % len(_WORDS)] for i in range(max(1, audio_ms // 400))]
+
     def _start_response(self, trigger: str, params: dict[str, Any]) -> None:
         cfg, sim = self.session_config, self.sim
         now = self._loop.time()
@@ -754,9 +915,14 @@ class SimSession(WSListener):
         voice = out.get("voice", cfg["audio"]["output"]["voice"])
         modalities = params.get("output_modalities") or cfg["output_modalities"]
         in_conversation = params.get("conversation", "auto") != "none"
-        record = ResponseRecord(sim._new_id("resp_"), sim._new_id("item_"), trigger, now)
-        stream = _Stream(record, fmt, voice, modalities, in_conversation, self._cfg.items_per_response,
-                         params.get("metadata"))
+        plan, script_index = self._plan(in_conversation, "audio" not in modalities)
+        record = ResponseRecord(sim._new_id("resp_"), sim._new_id("item_"), trigger, now,
+                                conversation=in_conversation, instructions=params.get("instructions"),
+                                metadata=params.get("metadata"), script_index=script_index)
+        stream = _Stream(record, fmt, voice, modalities, in_conversation, plan, params.get("metadata"))
+        stream.tools = params["tools"] if params.get("tools") is not None else cfg["tools"] or []
+        stream.tool_choice = params.get("tool_choice") or cfg["tool_choice"]
+        stream.context = self._context_tokens(params)
         stream.head = b'{"type":"response.output_audio.delta","event_id":"' + self._event_prefix_b
         self.responses.append(record)
         if in_conversation:
@@ -765,33 +931,44 @@ class SimSession(WSListener):
             self._out_of_band[record.response_id] = stream
         self._send("response.created", response=self._response_json(stream))
         self._send("rate_limits.updated", rate_limits=_RATE_LIMITS)
-        self._start_item(stream, record.item_id)
+        if stream.plan:
+            self._start_item(stream, record.item_id)
         self._pacer.add(stream, self)
         stream.next_due += self._cfg.first_audio_ms / 1000
 
     def _start_item(self, stream: _Stream, item_id: str | None = None) -> None:
-        """Create the response's next output item (its length from the ``response_ms`` cycle) and open it."""
-        now = self._loop.time()
-        record, fmt = stream.record, stream.format
+        """Create the response's next planned output item and open it (output_item.added, …)."""
+        spec = stream.plan.pop(0)
         item_id = item_id or self.sim._new_id("item_")
-        audio_ms = self._cfg.response_ms[self._audio_responses % len(self._cfg.response_ms)]
-        words = [_WORDS[(self._audio_responses * 7 + i) % len(_WORDS)] for i in range(max(1, audio_ms // 400))]
+        record = stream.record
+        stream.index = len(stream.items)
+        stream.tokens_sent = stream.chunks_sent = 0
+        record.item_ids.append(item_id)
+        if isinstance(spec, SimFunctionCall):
+            self._start_function_call(stream, spec, item_id)
+            return
+        now = self._loop.time()
+        fmt = stream.format
+        if spec is None:  # a default item: the response_ms cycle and filler words
+            audio_ms = self._cfg.response_ms[self._cycle % len(self._cfg.response_ms)]
+            tokens = default_tokens(self._filler_words(audio_ms))
+        else:
+            audio_ms, tokens = spec.audio_ms, list(spec.tokens)
         if "audio" in stream.modalities:
             bank = audio_bank(fmt["type"], self._cfg.seed, self._cfg.chunk_ms, self._cfg.bank_s)
             item = AssistantItem(item_id, record.response_id, fmt["type"], audio_ms * BYTES_PER_MS[fmt["type"]],
-                                 now, _bank=bank, _first_chunk=self._bank_cursor)
+                                 now, conversation=stream.conversation, _bank=bank, _first_chunk=self._bank_cursor)
             self._bank_cursor += -(-item.planned_bytes // bank.chunk_bytes)
             self._audio_responses += 1
+            if spec is None:
+                self._cycle += 1
         else:
-            item = AssistantItem(item_id, record.response_id, "", 0, now)
-        if stream.items:  # not the first item: count the words of the one it follows
-            stream.words_done += stream.words_sent
-        stream.item, stream.index, stream.remaining = item, len(stream.items), stream.remaining - 1
+            item = AssistantItem(item_id, record.response_id, "", 0, now, conversation=stream.conversation)
+        stream.item = item
         stream.items.append(item)
-        stream.words, stream.words_sent, stream.chunks_sent = words, 0, 0
+        stream.tokens = tokens
         stream.mid = (f'","response_id":"{record.response_id}","item_id":"{item_id}","output_index":{stream.index},'
                       '"content_index":0,"delta":"').encode()
-        record.item_ids.append(item_id)
         self.assistant_items.append(item)
         self._assistant[item_id] = item
         self._send("response.output_item.added", response_id=record.response_id, output_index=stream.index,
@@ -803,6 +980,41 @@ class SimSession(WSListener):
         part = {"type": "audio", "transcript": ""} if item.output_format else {"type": "text", "text": ""}
         self._send("response.content_part.added", **self._ids(stream), part=part)
 
+    def _start_function_call(self, stream: _Stream, spec: SimFunctionCall, item_id: str) -> None:
+        record = stream.record
+        call = FunctionCallItem(item_id, record.response_id, spec.call_id or self.sim._new_id("call_")[:21],
+                                spec.name, spec.arguments, self._loop.time(), conversation=stream.conversation)
+        call.declared = self._tool_allowed(stream, spec.name)
+        record.call_ids.append(call.call_id)
+        stream.item = call
+        stream.items.append(call)
+        size = max(1, self._cfg.args_chunk_chars)
+        stream.tokens = [spec.arguments[i:i + size] for i in range(0, len(spec.arguments), size)] or [""]
+        self.function_calls.append(call)
+        self._send("response.output_item.added", response_id=record.response_id, output_index=stream.index,
+                   item=self._item_json(call))
+        if stream.conversation:
+            previous = self._last_item_id()
+            self._conversation[item_id] = self._item_json(call)
+            self._send("conversation.item.added", previous_item_id=previous, item=self._item_json(call))
+
+    def _tool_allowed(self, stream: _Stream, name: str) -> bool:
+        """The real model only calls declared function tools, as tool_choice allows: anything else in
+        the script is a test bug, reported as a violation (the call is still streamed)."""
+        declared = [t.get("name") for t in stream.tools if isinstance(t, dict) and t.get("type") == "function"]
+        choice = stream.tool_choice
+        problem = None
+        if name not in declared:
+            problem = f"'{name}' is not a declared function tool (declared: {declared})"
+        elif choice == "none":
+            problem = f"'{name}' called but tool_choice is 'none'"
+        elif isinstance(choice, dict) and choice.get("name") not in (None, name):
+            problem = f"'{name}' called but tool_choice forces '{choice.get('name')}'"
+        if problem is None:
+            return True
+        self._violation(f"script: response {stream.record.response_id}: {problem}")
+        return False
+
     def _pump(self, stream: _Stream, horizon: float) -> None:
         """Send every delta of ``stream`` that is due by ``horizon`` (called by the pacer)."""
         if self._paused:
@@ -810,24 +1022,33 @@ class SimSession(WSListener):
         period = self._pacer.period
         while stream.next_due <= horizon:
             stream.next_due += period
-            exhausted = self._send_audio_chunk(stream) if stream.item.output_format else self._send_text_word(stream)
+            item = stream.item
+            if item is None:  # a response without output items
+                exhausted = True
+            elif isinstance(item, FunctionCallItem):
+                exhausted = self._send_args_chunk(stream)
+            elif item.output_format:
+                exhausted = self._send_audio_chunk(stream)
+            else:
+                exhausted = self._send_text_word(stream)
             if stream.cancel_countdown is not None:
                 stream.cancel_countdown -= 1
                 if stream.cancel_countdown <= 0 or exhausted:
                     self._finish(stream, "cancelled", stream.cancel_reason)
                     return
             elif exhausted:
-                if stream.remaining <= 0:
+                if not stream.plan:
                     self._finish(stream, "completed", None)
                     return
-                self._finish_item(stream, "completed")
+                if item is not None:
+                    self._finish_item(stream, "completed")
                 self._start_item(stream)  # its first delta is due on the next period
 
     def _send_audio_chunk(self, stream: _Stream) -> bool:
         """One ``response.output_audio.delta`` (from a byte template) + its transcript share; True at the end."""
         item = stream.item
+        assert isinstance(item, AssistantItem) and item._bank is not None  # audio items always have a bank
         bank = item._bank
-        assert bank is not None  # audio items always have one
         n = min(bank.chunk_bytes, item.planned_bytes - item.delivered_bytes)
         self._event_n += 1
         self._write("response.output_audio.delta", b"".join((
@@ -836,32 +1057,46 @@ class SimSession(WSListener):
         stream.chunks_sent += 1
         item.delivered_bytes += n
         item.generated_bytes = max(item.generated_bytes, item.delivered_bytes)
-        due = -(-len(stream.words) * item.delivered_bytes // item.planned_bytes)
-        if due > stream.words_sent:
-            delta = " ".join(stream.words[stream.words_sent:due])
-            delta = delta if not stream.words_sent else " " + delta
-            stream.words_sent = due
+        # the transcript follows the audio: its share of the words once that share of the audio is out
+        due = -(-len(stream.tokens) * item.delivered_bytes // item.planned_bytes) if item.planned_bytes else \
+            len(stream.tokens)
+        if due > stream.tokens_sent:
+            delta = "".join(stream.tokens[stream.tokens_sent:due])
+            stream.tokens_sent = due
             item.transcript += delta
             self._send("response.output_audio_transcript.delta", **self._ids(stream), delta=delta)
         return item.delivered_bytes >= item.planned_bytes
 
     def _send_text_word(self, stream: _Stream) -> bool:
-        word = stream.words[stream.words_sent]
-        delta = word if not stream.words_sent else " " + word
-        stream.words_sent += 1
-        stream.item.transcript += delta
+        item = stream.item
+        assert isinstance(item, AssistantItem)  # a text message
+        delta = stream.tokens[stream.tokens_sent]
+        stream.tokens_sent += 1
+        item.transcript += delta
         self._send("response.output_text.delta", **self._ids(stream), delta=delta)
-        return stream.words_sent == len(stream.words)
+        return stream.tokens_sent == len(stream.tokens)
+
+    def _send_args_chunk(self, stream: _Stream) -> bool:
+        """One ``response.function_call_arguments.delta``; True once the arguments are complete."""
+        call = stream.item
+        assert isinstance(call, FunctionCallItem)
+        delta = stream.tokens[stream.tokens_sent]
+        stream.tokens_sent += 1
+        call.arguments += delta
+        if delta:
+            self._send("response.function_call_arguments.delta", response_id=call.response_id, item_id=call.item_id,
+                       output_index=stream.index, call_id=call.call_id, delta=delta)
+        return stream.tokens_sent == len(stream.tokens)
 
     def _cancel_by_vad(self, stream: _Stream) -> None:
         item = stream.item
         inflight = self._cfg.inflight_deltas_after_cancel
-        if item.output_format:
+        if isinstance(item, AssistantItem) and item.output_format:
             assert item._bank is not None  # audio items always have one
             item.generated_bytes = min(item.planned_bytes, item.delivered_bytes + inflight * item._bank.chunk_bytes)
         stream.cancel_reason = "turn_detected"
         stream.cancel_countdown = inflight
-        if inflight <= 0:
+        if inflight <= 0 or item is None:
             self._finish(stream, "cancelled", "turn_detected")
 
     def _finish(self, stream: _Stream, status: str, reason: str | None) -> None:
@@ -870,8 +1105,11 @@ class SimSession(WSListener):
         self._pacer.discard(stream)
         record = stream.record
         record.status, record.reason, record.done_at = status, reason, self._loop.time()
-        self._finish_item(stream, "completed" if status == "completed" else "incomplete")
-        self._send("response.done", response=self._response_json(stream))
+        if stream.item is not None:
+            self._finish_item(stream, "completed" if status == "completed" else "incomplete")
+        response = self._response_json(stream)
+        record.usage = response["usage"]
+        self._send("response.done", response=response)
         if self._active is stream:
             self._active = None
             if self._auto_response_pending and not self._closing:
@@ -881,24 +1119,34 @@ class SimSession(WSListener):
             self._out_of_band.pop(record.response_id, None)
 
     def _finish_item(self, stream: _Stream, status: str) -> None:
-        """The done events of the current item: audio/transcript (or text), part, output item, conversation item."""
+        """The done events of the current item: audio/transcript (or text), part, output item, conversation item;
+        for a function call: arguments done, output item, conversation item."""
         record, item = stream.record, stream.item
+        assert item is not None  # called for a started item
         item.status = status
-        ids = self._ids(stream)
-        if item.output_format:
-            self._send("response.output_audio.done", **ids)
-            self._send("response.output_audio_transcript.done", **ids, transcript=item.transcript)
-            part = {"type": "audio", "transcript": item.transcript}
+        if isinstance(item, FunctionCallItem):
+            # also sent for a cancelled response (doc), with the arguments generated so far (assumed)
+            self._send("response.function_call_arguments.done", response_id=record.response_id,
+                       item_id=item.item_id, output_index=stream.index, call_id=item.call_id, name=item.name,
+                       arguments=item.arguments)
         else:
-            self._send("response.output_text.done", **ids, text=item.transcript)
-            part = {"type": "text", "text": item.transcript}
-        self._send("response.content_part.done", **ids, part=part)
-        item_json = self._item_json(item)
+            ids = self._ids(stream)
+            if item.output_format:
+                self._send("response.output_audio.done", **ids)
+                self._send("response.output_audio_transcript.done", **ids, transcript=item.transcript)
+                part = {"type": "audio", "transcript": item.transcript}
+            else:
+                self._send("response.output_text.done", **ids, text=item.transcript)
+                part = {"type": "text", "text": item.transcript}
+            self._send("response.content_part.done", **ids, part=part)
         self._send("response.output_item.done", response_id=record.response_id, output_index=stream.index,
-                   item=item_json)
+                   item=self._item_json(item))
         if stream.conversation and item.item_id in self._conversation:
-            self._conversation[item.item_id] = item_json
-            self._send("conversation.item.done", previous_item_id=self._previous_of(item.item_id), item=item_json)
+            # The conversation keeps its own view: a truncate that arrived while the item was still being
+            # generated has removed the transcript, and finishing the item must not bring it back.
+            entry = self._item_json(item, in_conversation=True)
+            self._conversation[item.item_id] = entry
+            self._send("conversation.item.done", previous_item_id=self._previous_of(item.item_id), item=entry)
 
     def _on_response_cancel(self, event: dict[str, Any], event_id: str | None, now: float) -> None:
         wanted = event.get("response_id")
@@ -989,6 +1237,15 @@ class SimSession(WSListener):
         if item_id in self._conversation:
             self._send_error("invalid_value", f"Item with item_id '{item_id}' already exists.", "item.id", event_id)
             return
+        call: dict[str, Any] | None = None
+        if item.get("type") == "function_call_output":
+            # the server checks that a function_call with this call_id is in the conversation (doc); text obs
+            call = next((c for c in self._conversation.values()
+                         if c.get("type") == "function_call" and c.get("call_id") == item.get("call_id")), None)
+            if call is None:
+                self._send_error("invalid_tool_call_id", f"Tool call ID '{item.get('call_id')}' not found in "
+                                 "conversation.", None, event_id)
+                return
         item.update(id=item_id, object="realtime.item", status="completed")
         for part in item.get("content", []):
             part.pop("audio", None)  # events never echo audio bytes
@@ -1001,6 +1258,14 @@ class SimSession(WSListener):
             entries.insert(at, (item_id, item))
             self._conversation = dict(entries)
             previous = None if previous == "root" else previous
+        now = self._loop.time()
+        if call is not None:
+            self.function_outputs.append(FunctionOutput(now, item_id, item["call_id"], str(call.get("name", "")),
+                                                        item.get("output", "")))
+        elif item.get("type") == "message" and item.get("role") in ("user", "system"):
+            text = "".join(str(p.get("text", "")) for p in item.get("content", []) if p.get("type") == "input_text")
+            if text:
+                self.text_inputs.append(TextInput(now, item_id, item["role"], text))
         self._send("conversation.item.added", previous_item_id=previous, item=item)
         self._send("conversation.item.done", previous_item_id=previous, item=item)
 
@@ -1023,32 +1288,83 @@ class SimSession(WSListener):
         return previous
 
     def _ids(self, stream: _Stream) -> dict[str, Any]:
+        assert stream.item is not None  # per-item events come from a started item
         return {"response_id": stream.record.response_id, "item_id": stream.item.item_id,
                 "output_index": stream.index, "content_index": 0}
 
-    def _item_json(self, item: AssistantItem) -> dict[str, Any]:
+    def _item_json(self, item: AssistantItem | FunctionCallItem, in_conversation: bool = False) -> dict[str, Any]:
+        """The item as events show it; ``in_conversation``: as the conversation keeps it (a truncated
+        message has lost its transcript)."""
+        if isinstance(item, FunctionCallItem):
+            return {"id": item.item_id, "type": "function_call", "object": "realtime.item", "status": item.status,
+                    "name": item.name, "call_id": item.call_id, "arguments": item.arguments}
         content = []
         if item.status != "in_progress":
-            content = [{"type": "output_audio", "transcript": item.transcript} if item.output_format
-                       else {"type": "output_text", "text": item.transcript}]
+            text = "" if in_conversation and item.truncated_ms is not None else item.transcript
+            content = [{"type": "output_audio", "transcript": text} if item.output_format
+                       else {"type": "output_text", "text": text}]
         return {"id": item.item_id, "type": "message", "object": "realtime.item", "status": item.status,
                 "role": "assistant", "content": content}
+
+    def _context_tokens(self, params: dict[str, Any]) -> tuple[int, int]:
+        """(text, audio) input tokens of a response starting now (simulator approximation, see
+        docs/protocols/openai-realtime.md): instructions + tools + every conversation item (or the
+        response's own ``input``), text at 1 token per 4 characters (rounded up per piece), user audio
+        at 1 token per 100 ms, assistant audio at 1 token per 50 ms (truncated items count what remains)."""
+        cfg = self.session_config
+        instructions = params.get("instructions")
+        text = _text_tokens((cfg.get("instructions") or "") if instructions is None else instructions)
+        tools = params.get("tools") if params.get("tools") is not None else cfg.get("tools")
+        if tools:
+            text += _text_tokens(orjson.dumps(tools).decode())
+        audio = 0
+        if params.get("input") is not None:
+            items = [self._conversation.get(i.get("id", ""), {}) if i.get("type") == "item_reference" else i
+                     for i in params["input"] if isinstance(i, dict)]
+        else:
+            items = list(self._conversation.values())
+        for item in items:
+            item_id, kind = item.get("id", ""), item.get("type")
+            if kind == "function_call":
+                text += _text_tokens(str(item.get("name", "")) + str(item.get("arguments", "")))
+            elif kind == "function_call_output":
+                text += _text_tokens(str(item.get("output", "")))
+            elif item_id in self._user:
+                user = self._user[item_id]
+                audio += math.ceil((user.end_ms - user.start_ms) / 100)
+            elif item_id in self._assistant and self._assistant[item_id].output_format:
+                audio += math.ceil(self._assistant[item_id].audio_ms / 50)
+            else:
+                for part in item.get("content") or ():
+                    text += _text_tokens(str(part.get("text") or part.get("transcript") or ""))
+        return text, audio
+
+    def _usage(self, stream: _Stream) -> dict[str, Any]:
+        """response.done's usage (simulator approximation): input = the context when the response
+        started, of which the previous response's input is cached; output = 1 text token per 4
+        characters of transcript/text/arguments, 1 audio token per 50 ms of generated audio."""
+        text_in, audio_in = stream.context
+        cached_text, cached_audio = min(text_in, self._last_context[0]), min(audio_in, self._last_context[1])
+        self._last_context = stream.context
+        text_out = audio_out = 0
+        for item in stream.items:
+            if isinstance(item, FunctionCallItem):
+                text_out += _text_tokens(item.arguments)
+            else:
+                text_out += _text_tokens(item.transcript)
+                audio_out += math.ceil(item.generated_ms / 50)
+        input_tokens, output_tokens = text_in + audio_in, text_out + audio_out
+        return {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "image_tokens": 0,
+                                        "cached_tokens": cached_text + cached_audio,
+                                        "cached_tokens_details": {"text_tokens": cached_text,
+                                                                  "audio_tokens": cached_audio, "image_tokens": 0}},
+                "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
 
     def _response_json(self, stream: _Stream) -> dict[str, Any]:
         record = stream.record
         done = record.status != "in_progress"
-        usage = None
-        if done:
-            audio_in, text_in = int(self._committed_input_ms // 100), 120
-            audio_out = sum(item.generated_ms // 50 for item in stream.items)
-            text_out = stream.words_done + stream.words_sent
-            usage = {"total_tokens": audio_in + text_in + audio_out + text_out, "input_tokens": audio_in + text_in,
-                     "output_tokens": audio_out + text_out,
-                     "input_token_details": {"text_tokens": text_in, "audio_tokens": audio_in, "image_tokens": 0,
-                                             "cached_tokens": 0,
-                                             "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0,
-                                                                       "image_tokens": 0}},
-                     "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
         return {
             "object": "realtime.response", "id": record.response_id, "status": record.status,
             "status_details": None if record.status != "cancelled" else {"type": "cancelled",
@@ -1056,8 +1372,8 @@ class SimSession(WSListener):
             "output": [self._item_json(item) for item in stream.items] if done else [],
             "conversation_id": self.conversation_id if stream.conversation else None,
             "output_modalities": stream.modalities, "max_output_tokens": self.session_config["max_output_tokens"],
-            "audio": {"output": {"format": stream.format, "voice": stream.voice}}, "usage": usage,
-            "metadata": stream.metadata,
+            "audio": {"output": {"format": stream.format, "voice": stream.voice}},
+            "usage": self._usage(stream) if done else None, "metadata": stream.metadata,
         }
 
     def _expire(self) -> None:
@@ -1082,6 +1398,11 @@ class SimSession(WSListener):
         "response.cancel": _on_response_cancel,
         "output_audio_buffer.clear": _on_output_audio_buffer_clear,
     }
+
+
+def _text_tokens(text: str) -> int:
+    """Simulator approximation of a text's token count: 1 token per 4 characters, rounded up."""
+    return -(-len(text) // 4)
 
 
 def _audio_format(value: dict[str, Any]) -> dict[str, Any]:

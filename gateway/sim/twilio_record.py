@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-__all__ = ["CallRecord", "ClearRecord", "HeardChunk", "MarkEcho", "Outcome", "Received", "TurnStart"]
+__all__ = ["CallRecord", "ClearRecord", "DtmfSent", "HeardChunk", "MarkEcho", "Outcome", "Received", "RestAction",
+           "TurnStart"]
 
 
 class Outcome(enum.StrEnum):
@@ -22,6 +23,10 @@ class Outcome(enum.StrEnum):
     NO_STREAM = "no_stream"  # valid TwiML without <Connect><Stream> (e.g. <Say>, <Hangup/>)
     WEBHOOK_FAILED = "webhook_failed"  # non-200, unreachable, or unparsable TwiML (11200/12100)
     HANDSHAKE_FAILED = "handshake_failed"  # stream URL refused or upgrade not 101 (31920 …)
+    REST_COMPLETED = "rest_completed"  # REST update Status=completed: Twilio hung up (stop + close)
+    REDIRECTED = "redirected"  # REST update with Twiml/Url: the stream ended (stop + close), new TwiML runs
+    CANCELED = "canceled"  # REST Status=canceled (or completed) before the call was answered
+    NOT_ANSWERED = "not_answered"  # an outbound call the callee did not answer (busy, no-answer, failed)
 
 
 @dataclass(slots=True)
@@ -77,6 +82,26 @@ class TurnStart:
     hangup: bool
 
 
+@dataclass(slots=True)
+class DtmfSent:
+    at: float  # Twilio time the key was pressed (the message leaves after the usual latency)
+    digit: str
+
+
+@dataclass
+class RestAction:
+    """A REST update that changed the call (twilio.md#update-a-live-call)."""
+
+    at: float  # loop time the REST request was processed
+    kind: str  # "hangup" (Status=completed) | "cancel" (Status=canceled) | "redirect" (Twiml or Url)
+    twiml: str | None = None  # the new TwiML (given, or fetched from url)
+    url: str | None = None
+    method: str | None = None
+    dial: list[str] = field(default_factory=list)  # <Dial> targets of the new TwiML: numbers, sip:, client:
+    effect_at: float | None = None  # Twilio time the stream ended because of it (None: no live stream)
+    error: str | None = None  # fetching/parsing the new TwiML failed
+
+
 @dataclass
 class CallRecord:
     call_sid: str
@@ -107,6 +132,31 @@ class CallRecord:
     close_reason: str | None = None
     max_lag_ms: float = 0.0  # worst lateness of a scheduled send (event-loop overload)
     late_sends: int = 0  # sends more than 20 ms late
+    dtmf: list[DtmfSent] = field(default_factory=list)  # keys pressed (CallScript.dtmf or send_dtmf)
+    # The call as the REST API shows it.
+    direction: str = "inbound"  # inbound | outbound-api
+    from_: str = ""
+    to: str = ""
+    status: str = "ringing"  # queued | ringing | in-progress | completed | busy | no-answer | failed | canceled
+    rest_actions: list[RestAction] = field(default_factory=list)
+    call_status_callbacks: list[tuple[str, int | None]] = field(default_factory=list)  # (CallStatus, HTTP status)
+
+    @property
+    def hung_up_by_rest(self) -> bool:
+        return self.outcome is Outcome.REST_COMPLETED
+
+    @property
+    def transferred_to(self) -> str | None:
+        """The first ``<Dial>`` target of the TwiML a REST redirect put on the call, if any."""
+        for action in self.rest_actions:
+            if action.kind == "redirect" and action.dial:
+                return action.dial[0]
+        return None
+
+    @property
+    def unplayed_bytes(self) -> int:
+        """Outbound audio Twilio received but the caller never heard (cleared, or cut by the end of the call)."""
+        return sum(c.dropped for c in self.heard)
 
     def heard_bytes(self) -> bytes:
         """Every μ-law byte the caller heard, in playout order."""

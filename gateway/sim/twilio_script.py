@@ -14,11 +14,12 @@ with warnings.catch_warnings():  # stdlib audioop (3.11/3.12) or audioop-lts (3.
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-__all__ = ["FRAME_BYTES", "SILENCE_FRAME", "CallScript", "Turn", "speech_pool"]
+__all__ = ["DTMF_DIGITS", "FRAME_BYTES", "SILENCE_FRAME", "CallScript", "Dtmf", "Turn", "speech_pool"]
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz μ-law, Twilio's inbound frame size (docs/protocols/twilio.md#cadence)
 SILENCE_FRAME = b"\xff" * FRAME_BYTES  # μ-law +0
 POOL_FRAMES = 50  # 1 s of noise, cycled; a multiple of the frame size so frames are shared objects
+DTMF_DIGITS = frozenset("0123456789*#")  # keys a phone sends (twilio.md#message-shapes: one key per dtmf)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,26 @@ class Turn:
 
 
 @dataclass(frozen=True)
+class Dtmf:
+    """The caller presses ``digits`` (one ``dtmf`` message per key), the first at ``at_ms`` after
+    stream start, the next ones ``interval_ms`` apart."""
+
+    at_ms: float
+    digits: str
+    interval_ms: float = 250.0
+
+    def __post_init__(self) -> None:
+        if not self.digits or set(self.digits) - DTMF_DIGITS:
+            raise ValueError(f"DTMF digits must be among 0-9, * and #: {self.digits!r}")
+        if self.at_ms < 0 or self.interval_ms < 0:
+            raise ValueError("Dtmf times must be >= 0")
+
+    def presses(self) -> list[tuple[float, str]]:
+        """(ms after stream start, key) of every key press."""
+        return [(self.at_ms + i * self.interval_ms, d) for i, d in enumerate(self.digits)]
+
+
+@dataclass(frozen=True)
 class CallScript:
     """A whole call from the caller's side.
 
@@ -64,6 +85,8 @@ class CallScript:
     closes), unless the gateway or a ``Turn(hangup=True)`` ends the call first.
     ``hangup_at_ms``: instead the line dies abruptly at that time: the TCP connection is dropped
     with no ``stop`` and no close frame (network / Twilio edge failure).
+    ``dtmf``: key presses at fixed times (Twilio sends each as a ``dtmf`` message; the caller's audio
+    frames keep flowing meanwhile).
     """
 
     duration_ms: int = 5_000
@@ -72,6 +95,7 @@ class CallScript:
     caller: str = "+14155550123"
     called: str = "+18005550199"
     extra_params: dict[str, str] = field(default_factory=dict)  # added to the webhook form
+    dtmf: Sequence[Dtmf] = ()
 
 
 @functools.lru_cache(maxsize=16)

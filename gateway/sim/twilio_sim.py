@@ -22,8 +22,9 @@ import ssl
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
@@ -33,10 +34,20 @@ import picows
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport
 
 from ..twilio.signature import compute_signature
-from .twilio_record import CallRecord, ClearRecord, HeardChunk, MarkEcho, Outcome, Received, TurnStart
-from .twilio_script import FRAME_BYTES, POOL_FRAMES, SILENCE_FRAME, CallScript, Turn, speech_pool
+from .twilio_record import (
+    CallRecord,
+    ClearRecord,
+    DtmfSent,
+    HeardChunk,
+    MarkEcho,
+    Outcome,
+    Received,
+    TurnStart,
+)
+from .twilio_script import DTMF_DIGITS, FRAME_BYTES, POOL_FRAMES, SILENCE_FRAME, CallScript, Dtmf, Turn, speech_pool
 
-__all__ = ["CallRecord", "CallScript", "Outcome", "Turn", "TwilioCall", "TwilioSim", "TwilioSimConfig"]
+__all__ = ["CallOrigin", "CallRecord", "CallScript", "Dtmf", "Outcome", "Turn", "TwilioCall", "TwilioSim",
+           "TwilioSimConfig"]
 
 SUBPROTOCOL = "audio.twilio.com"
 _INF = float("inf")
@@ -50,6 +61,7 @@ _CLEAR_KEYS = frozenset(("event", "streamSid"))
 _MEDIA, _MARK, _CLEAR = 0, 1, 2  # inbound queue kinds
 _STOP = object()  # out-queue tag: close the socket right after this message
 _ABORT = object()  # out-queue tag: drop the connection (after what was already in flight)
+_CLOSE = object()  # out-queue tag: send a close frame (no message)
 RUN_GAP_S = 0.3  # an empty buffer this long (or a clear) ends a playback run; shorter underruns don't
 
 
@@ -72,6 +84,30 @@ class TwilioSimConfig:
     ssl_context: ssl.SSLContext | None = None
     record_payloads: bool = True  # keep audio/raw frames in records (turn off for big load runs)
     timeout_s: float = 15.0  # webhook / connect / handshake timeout (Twilio's webhook limit)
+    # A REST update (hang-up or redirect) ends the stream with `stop` then close (obs, unconfirmed);
+    # False: Twilio just closes the socket.
+    rest_end_sends_stop: bool = True
+
+
+@dataclass(frozen=True)
+class CallOrigin:
+    """Where a call comes from and where its TwiML comes from.
+
+    Inbound (default): Twilio POSTs ``TwilioSimConfig.webhook_url``. Outbound (``Calls.create``):
+    ``direction="outbound-api"``, TwiML from ``twiml`` or fetched from ``url`` with ``method`` once the
+    callee answers (after ``ring_s``); ``answer`` is what the callee does: "in-progress" (answers),
+    "busy", "no-answer" or "failed". ``status_callback`` gets the call's status events.
+    """
+
+    direction: str = "inbound"
+    url: str | None = None  # None: TwilioSimConfig.webhook_url
+    method: str = "POST"
+    twiml: str | None = None
+    ring_s: float = 0.0
+    answer: str = "in-progress"
+    status_callback: str | None = None
+    status_callback_method: str = "POST"
+    status_callback_events: frozenset[str] = field(default_factory=lambda: frozenset({"completed"}))
 
 
 class TwilioSim:
@@ -81,6 +117,7 @@ class TwilioSim:
         self.config = config
         self._rng = random.Random(config.seed)
         self._session: aiohttp.ClientSession | None = None
+        self.calls: dict[str, TwilioCall] = {}  # every call started, by CallSid (what the REST API sees)
 
     async def __aenter__(self) -> TwilioSim:
         return self
@@ -95,9 +132,14 @@ class TwilioSim:
             self._session = None
 
     def start_call(self, script: CallScript, call_sid: str | None = None) -> TwilioCall:
-        """Start a call in the background and return its live handle (``await call.wait()``)."""
+        """Start an inbound call in the background and return its live handle (``await call.wait()``)."""
+        return self.start_call_from(CallOrigin(), script, call_sid)
+
+    def start_call_from(self, origin: CallOrigin, script: CallScript, call_sid: str | None = None) -> TwilioCall:
+        """Start a call of any origin (``Calls.create`` uses an outbound-api one)."""
         rng = random.Random(self._rng.getrandbits(64))
-        call = TwilioCall(self, script, call_sid or f"CA{rng.getrandbits(128):032x}", rng)
+        call = TwilioCall(self, script, call_sid or f"CA{rng.getrandbits(128):032x}", rng, origin=origin)
+        self.calls[call.record.call_sid] = call
         call.task = asyncio.get_running_loop().create_task(call._run())
         return call
 
@@ -148,12 +190,17 @@ class TwilioCall(WSListener):
     ``record`` fills in as the call runs; ``await wait()`` returns it when the call is over.
     """
 
-    def __init__(self, sim: TwilioSim, script: CallScript, call_sid: str, rng: random.Random) -> None:
+    def __init__(self, sim: TwilioSim, script: CallScript, call_sid: str, rng: random.Random, *,
+                 origin: CallOrigin | None = None) -> None:
         super().__init__()
         cfg = sim.config
         self.sim, self.script = sim, script
+        self.origin = origin or CallOrigin()
         self.task: asyncio.Task[CallRecord] | None = None  # set by TwilioSim.start_call
-        self.record = CallRecord(call_sid=call_sid, account_sid=cfg.account_sid)
+        inbound = self.origin.direction == "inbound"
+        self.record = CallRecord(call_sid=call_sid, account_sid=cfg.account_sid, direction=self.origin.direction,
+                                 from_=script.caller, to=script.called, status="ringing" if inbound else "queued")
+        self._init_rest_state()
         self._loop = asyncio.get_running_loop()
         self._rng = rng
         self._keep = cfg.record_payloads
@@ -182,7 +229,8 @@ class TwilioCall(WSListener):
         self._next_gen = _INF
         self._fjit = 0.0  # jitter pre-drawn for the next frame, so its wake-up time is known
         self._end_at = _INF
-        self._end_abrupt = False
+        self._end_kind = "hangup"  # how the call ends at _end_at: hangup | abort | rest | redirect
+        self._dtmf_q: deque[tuple[float, str]] = deque()  # (Twilio time, key) of scripted presses
         self._media_tmpl = b""
         self._outq: deque[tuple[float, bytes | str, object, bool]] = deque()  # (due, data, tag, binary)
         self._last_out = 0.0
@@ -205,6 +253,18 @@ class TwilioCall(WSListener):
         # (start byte, end byte, speech_pool(): frames and their base64)
         self._speech: deque[tuple[int, int, tuple[tuple[bytes, ...], tuple[bytes, ...]]]] = deque()
 
+    def _init_rest_state(self) -> None:
+        """What the REST API shows of the call, and its call status callback."""
+        self.created_at = datetime.now(UTC)  # wall clock, for the REST resource's dates
+        self.answered_at: datetime | None = None
+        self.ended_at_wall: datetime | None = None
+        origin = self.origin
+        self.status_callback: tuple[str, str, frozenset[str]] | None = (
+            (origin.status_callback, origin.status_callback_method, origin.status_callback_events)
+            if origin.status_callback else None)
+        self._status_seq = 0
+        self._pending_end: str | None = None  # a REST update that arrived before the stream ran
+
     # ---------------------------------------------------------------- public live-call API
 
     async def wait(self) -> CallRecord:
@@ -223,20 +283,46 @@ class TwilioCall(WSListener):
         self._inject(lambda now: self._emit(now, data, None, not isinstance(data, str)))
 
     def send_dtmf(self, digit: str) -> None:
-        """Send a ``dtmf`` event (twilio.md#message-shapes) now."""
-        def emit(now: float) -> None:
-            self._seq += 1
-            self._emit(now, orjson.dumps({
-                "event": "dtmf", "streamSid": self._sid, "sequenceNumber": str(self._seq),
-                "dtmf": {"track": "inbound_track", "digit": digit}}))
-        self._inject(emit)
+        """The caller presses ``digit`` now: a ``dtmf`` event (twilio.md#message-shapes)."""
+        if len(digit) != 1 or digit not in DTMF_DIGITS:
+            raise ValueError(f"one DTMF key (0-9, *, #) per message: {digit!r}")
+        self._inject(lambda now: self._emit_dtmf(now, digit))
 
     def hangup(self) -> None:
         """The caller hangs up now: ``stop`` then close."""
         def end(now: float) -> None:
-            self._end_at, self._end_abrupt = now, False
+            self._end_at, self._end_kind = now, "hangup"
             self._advance(now)
         self._inject(end)
+
+    @property
+    def running(self) -> bool:
+        """The media stream is up (started and not ended)."""
+        return self._running
+
+    def end_by_rest(self, kind: str, delay_s: float = 0.0) -> float | None:
+        """A REST update ends the stream ``delay_s`` from now, in Twilio time (``kind``: "rest" for a
+        hang-up, "redirect" for new TwiML): audio already buffered plays until then, then ``stop`` and
+        close. Returns that Twilio time, or None if no stream is running (the call then ends or is
+        redirected as soon as its setup finishes)."""
+        if not self._running:
+            if self._pending_end is None:
+                self._pending_end = kind
+            return None
+        at = self._loop.time() + delay_s
+
+        def end(_now: float) -> None:
+            if at < self._end_at:
+                self._end_at, self._end_kind = at, kind
+        self._inject(end)
+        return min(at, self._end_at)  # an earlier end (the caller hanging up) wins
+
+    def _emit_dtmf(self, t: float, digit: str) -> None:
+        self.record.dtmf.append(DtmfSent(t, digit))
+        self._seq += 1
+        self._emit(t, orjson.dumps({
+            "event": "dtmf", "streamSid": self._sid, "sequenceNumber": str(self._seq),
+            "dtmf": {"track": "inbound_track", "digit": digit}}))
 
     def _inject(self, action: Callable[[float], None]) -> None:
         if not self._running:
@@ -251,44 +337,142 @@ class TwilioCall(WSListener):
 
     async def _run(self) -> CallRecord:
         try:
-            stream = await self._webhook()
-            transport = await self._connect(stream) if stream is not None else None
-            if transport is not None:
-                self._begin()
-                await self._done
-                await transport.wait_disconnected()  # re-raises listener exceptions
+            if await self._ring():
+                stream = await self._webhook()
+                transport = None
+                if stream is not None and not self._end_if_pending():
+                    transport = await self._connect(stream)
+                if transport is not None and self._end_if_pending():  # a REST update while connecting
+                    transport.disconnect()
+                    await transport.wait_disconnected()
+                elif transport is not None:
+                    self._begin()
+                    await self._done
+                    await transport.wait_disconnected()  # re-raises listener exceptions
+            else:
+                self._end_if_pending()
         finally:
             self._stop_timers()
             if self._transport is not None and not self._transport.is_disconnected:
                 self._transport.disconnect(False)
             if not self._started.done():
                 self._started.set_result(False)
+            self._call_over()
             if self._callbacks:
                 await asyncio.gather(*self._callbacks, return_exceptions=True)
         if self._error is not None:
             raise self._error
         return self.record
 
+    async def _ring(self) -> bool:
+        """An outbound call rings (``origin.ring_s``) and is answered or not; True: go on with the TwiML."""
+        if self.origin.direction == "inbound":
+            return self._pending_end is None
+        self._call_status("queued")
+        await asyncio.sleep(0)  # the REST answer (201 queued) goes out before anything else happens
+        self._call_status("ringing")
+        if self.origin.ring_s > 0:
+            await asyncio.sleep(self.origin.ring_s)
+        if self._pending_end is not None:
+            return False
+        if self.origin.answer != "in-progress":
+            self.record.outcome = Outcome.NOT_ANSWERED
+            self.record.status = self.origin.answer
+            return False
+        return True
+
+    def _end_if_pending(self) -> bool:
+        """Apply a REST update that came before the stream ran; True if the call is over."""
+        kind = self._pending_end
+        if kind is None:
+            return False
+        if self.record.status in ("queued", "ringing"):
+            self.record.outcome, self.record.status = Outcome.CANCELED, "canceled"
+        else:
+            self.record.outcome = Outcome.REDIRECTED if kind == "redirect" else Outcome.REST_COMPLETED
+        return True
+
+    def _call_status(self, status: str) -> None:
+        """The call reaches ``status``: record it and send the call status callback if one asks for it
+        (twilio.md#call-status-callback)."""
+        rec = self.record
+        rec.status = status
+        if status == "in-progress":
+            self.answered_at = datetime.now(UTC)
+        elif status not in ("queued", "ringing"):
+            self.ended_at_wall = datetime.now(UTC)
+        if self.status_callback is None:
+            return
+        url, method, events = self.status_callback
+        event = {"queued": "initiated", "ringing": "ringing", "in-progress": "answered"}.get(status, "completed")
+        if event not in events:
+            return
+        params = {"AccountSid": rec.account_sid, "ApiVersion": "2010-04-01", "CallSid": rec.call_sid,
+                  "CallStatus": status, "Called": rec.to, "Caller": rec.from_, "Direction": rec.direction,
+                  "From": rec.from_, "To": rec.to, "CallbackSource": "call-progress-events",
+                  "SequenceNumber": str(self._status_seq),
+                  "Timestamp": format_datetime(datetime.now(UTC), usegmt=False)}
+        self._status_seq += 1
+        if event == "completed":
+            params["CallDuration"] = str(self.duration_s or 0)
+
+        async def post() -> None:
+            try:
+                code, _ = await self.sim._request(method, url, params)
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                code = None
+            rec.call_status_callbacks.append((status, code))
+        self._callbacks.append(self._loop.create_task(post()))
+
+    @property
+    def duration_s(self) -> int | None:
+        """Whole seconds from answer to end (None while in progress or if never answered)."""
+        if self.answered_at is None or self.ended_at_wall is None:
+            return None
+        return int((self.ended_at_wall - self.answered_at).total_seconds())
+
+    def _call_over(self) -> None:
+        """The call's final status (once): completed if it was answered, else why not."""
+        rec = self.record
+        if rec.status not in ("queued", "ringing", "in-progress"):
+            return
+        final = {Outcome.REJECTED_BUSY: "busy", Outcome.REJECTED: "no-answer", Outcome.CANCELED: "canceled"}.get(
+            rec.outcome)
+        if final is None:
+            final = "completed" if rec.status == "in-progress" else "failed"
+        self._call_status(final)
+
     def _fail_setup(self, outcome: Outcome, code: int, detail: str) -> None:
         self.record.outcome = outcome
         self.record.violations.append((code, detail))
 
+    def call_params(self, status: str) -> dict[str, str]:
+        """The standard parameters of Twilio's voice requests for this call."""
+        cfg, rec = self.sim.config, self.record
+        return {"AccountSid": cfg.account_sid, "ApiVersion": "2010-04-01", "CallSid": rec.call_sid,
+                "CallStatus": status, "Called": rec.to, "Caller": rec.from_, "Direction": rec.direction,
+                "From": rec.from_, "FromCountry": "US", "To": rec.to, "ToCountry": "US"}
+
     async def _webhook(self) -> ET.Element | None:
-        """POST the voice webhook and return the <Stream> element to follow (None: call over)."""
-        cfg, rec, script = self.sim.config, self.record, self.script
-        params = {"AccountSid": cfg.account_sid, "ApiVersion": "2010-04-01", "CallSid": rec.call_sid,
-                  "CallStatus": "ringing", "Called": script.called, "Caller": script.caller,
-                  "Direction": "inbound", "From": script.caller, "FromCountry": "US",
-                  "To": script.called, "ToCountry": "US", **script.extra_params}
-        try:
-            status, body = await self.sim._request("POST", cfg.webhook_url, params)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            self._fail_setup(Outcome.WEBHOOK_FAILED, 11200, f"webhook request failed: {exc!r}")
-            return None
-        rec.http_status, rec.twiml = status, body
-        if status != 200:
-            self._fail_setup(Outcome.WEBHOOK_FAILED, 11200, f"webhook returned HTTP {status}")
-            return None
+        """Get the call's TwiML (the voice webhook, or the TwiML given to Calls.create) and return the
+        <Stream> element to follow (None: call over)."""
+        cfg, rec, origin = self.sim.config, self.record, self.origin
+        if origin.twiml is not None:
+            body = origin.twiml
+        else:
+            inbound = origin.direction == "inbound"
+            params = {**self.call_params("ringing" if inbound else "in-progress"), **self.script.extra_params}
+            try:
+                status, body = await self.sim._request(origin.method, origin.url or cfg.webhook_url, params)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                self._fail_setup(Outcome.WEBHOOK_FAILED, 11200, f"webhook request failed: {exc!r}")
+                return None
+            rec.http_status = status
+            if status != 200:
+                rec.twiml = body
+                self._fail_setup(Outcome.WEBHOOK_FAILED, 11200, f"webhook returned HTTP {status}")
+                return None
+        rec.twiml = body
         try:
             root = ET.fromstring(body)  # noqa: S314 - TwiML of the gateway under test, on loopback
         except ET.ParseError as exc:
@@ -303,6 +487,8 @@ class TwilioCall(WSListener):
                 busy = verb.get("reason") == "busy"
                 rec.outcome = Outcome.REJECTED_BUSY if busy else Outcome.REJECTED
                 return None
+            if i == 0:
+                self._call_status("in-progress")  # any other first verb answers the call
             if verb.tag == "Hangup":
                 break
             stream = verb.find("Stream") if verb.tag == "Connect" else None
@@ -311,6 +497,8 @@ class TwilioCall(WSListener):
                 if verb.get("action"):
                     rec.after_connect.append(f"action={verb.get('action')}")
                 return stream
+        if not verbs:
+            self._call_status("in-progress")
         rec.outcome = Outcome.NO_STREAM
         return None
 
@@ -318,8 +506,9 @@ class TwilioCall(WSListener):
         """Open the media WebSocket the way Twilio does (twilio.md#the-media-websocket-upgrade); None if that failed."""
         cfg, rec = self.sim.config, self.record
         url = stream.get("url") or ""
-        if url and not urlsplit(url).scheme:  # relative to the webhook URL
-            url = urlunsplit(("wss", *urlsplit(urljoin(cfg.webhook_url, url))[1:]))
+        base = self.origin.url or cfg.webhook_url
+        if url and not urlsplit(url).scheme:  # relative to the URL the TwiML came from
+            url = urlunsplit(("wss", *urlsplit(urljoin(base, url))[1:]))
         parts = urlsplit(url)
         if parts.scheme != "wss":
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31922, f"<Stream url> must be wss: {url!r}")
@@ -334,7 +523,7 @@ class TwilioCall(WSListener):
         rec.stream_url = url
         rec.custom_parameters = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
         if stream.get("statusCallback"):
-            self._status_cb = (urljoin(cfg.webhook_url, stream.get("statusCallback")),
+            self._status_cb = (urljoin(base, stream.get("statusCallback")),
                                (stream.get("statusCallbackMethod") or "POST").upper(), stream.get("name"))
         headers = {"User-Agent": "Twilio.TmeWs/1.0"}
         if cfg.sign_websocket:
@@ -387,7 +576,8 @@ class TwilioCall(WSListener):
         self._fjit = self._draw()
         self._end_at = now + script.duration_ms / 1000
         if script.hangup_at_ms is not None and script.hangup_at_ms < script.duration_ms:
-            self._end_at, self._end_abrupt = now + script.hangup_at_ms / 1000, True
+            self._end_at, self._end_kind = now + script.hangup_at_ms / 1000, "abort"
+        self._dtmf_q = deque(sorted((now + ms / 1000, key) for press in script.dtmf for ms, key in press.presses()))
         self._arm(now)
         self._running = True
         self._emit(now, b'{"event":"connected","protocol":"Call","version":"1.0.0"}')
@@ -460,6 +650,9 @@ class TwilioCall(WSListener):
             elif tag is _ABORT:
                 q.clear()
                 tr.disconnect(False)
+            elif tag is _CLOSE:
+                tr.send_close(WSCloseCode.OK)
+                self._close_handle = self._loop.call_later(_CLOSE_WAIT_S, tr.disconnect)
             else:
                 tr.send(WSMsgType.BINARY if binary else WSMsgType.TEXT, data)
                 if isinstance(tag, MarkEcho):  # else None: raw data (send_raw)
@@ -487,6 +680,8 @@ class TwilioCall(WSListener):
                 t = min(t, max(self._next_gen, self._next_gen + self._lat + self._fjit))
             if self._pending:
                 t = min(t, self._pending[0][0])
+            if self._dtmf_q:
+                t = min(t, self._dtmf_q[0][0])
             for e, kind, _ in self._inq:  # mark/clear effects may echo marks
                 if kind != _MEDIA:
                     t = min(t, e)
@@ -520,7 +715,8 @@ class TwilioCall(WSListener):
             te = self._inq[0][0] if self._inq else _INF
             tt = self._turn_due()
             tf = self._next_gen if self._k < self._n_frames else _INF
-            n = min(tm, te, tt, tf, self._end_at)
+            td = self._dtmf_q[0][0] if self._dtmf_q else _INF
+            n = min(tm, te, tt, td, tf, self._end_at)
             if n > t:
                 return
             if tm == n:
@@ -529,6 +725,8 @@ class TwilioCall(WSListener):
                 self._apply(*self._inq.popleft())
             elif tt == n:
                 self._turn_event(n)
+            elif td == n:
+                self._emit_dtmf(n, self._dtmf_q.popleft()[1])
             elif tf == n:
                 self._produce_frame()
             else:
@@ -633,7 +831,7 @@ class TwilioCall(WSListener):
                                            self._run_heard(t) * 1000, turn.hangup))
         if turn.hangup:
             self._turn_i = len(self._turns)
-            self._end_at, self._end_abrupt = t, False
+            self._end_at, self._end_kind = t, "hangup"
             return
         start = max(round((t - self._t0) * _BPS), self._k * FRAME_BYTES)  # first sample not yet sent
         self._speech.append((start, start + turn.speech_ms * 8, speech_pool(turn.level_dbfs)))
@@ -672,12 +870,17 @@ class TwilioCall(WSListener):
         while self._k < self._n_frames and self._next_gen <= t + 1e-6:  # a frame ending at t (float ties)
             self._produce_frame()
         self._finish(t)
-        if self._end_abrupt:
+        kind = self._end_kind
+        if kind == "abort":
             self.record.outcome = Outcome.DROPPED
             self._emit(t, b"", _ABORT)
         else:
-            self.record.outcome = Outcome.COMPLETED
+            self.record.outcome = {"rest": Outcome.REST_COMPLETED, "redirect": Outcome.REDIRECTED}.get(
+                kind, Outcome.COMPLETED)
             self.record.closed_by = "twilio"
+            if kind != "hangup" and not self.sim.config.rest_end_sends_stop:
+                self._emit(t, b"", _CLOSE)
+                return
             self._seq += 1
             self._emit(t, orjson.dumps({
                 "event": "stop", "sequenceNumber": str(self._seq),
@@ -690,6 +893,7 @@ class TwilioCall(WSListener):
         self._running = False
         self._pending.clear()
         self._inq.clear()
+        self._dtmf_q.clear()
         self.record.ended_at = t
         self._status_callback("stream-stopped")
 
@@ -730,6 +934,7 @@ class TwilioCall(WSListener):
             end = max(self._loop.time() + self._lat, self._last_in)
             self._n_frames = self._k
             self._turn_i, self._speak_end = len(self._turns), None
+            self._dtmf_q.clear()
             self._end_at = _INF
             self._advance(end)
             self._finish(end)
