@@ -64,9 +64,6 @@ class CallControl(Protocol):
     def play_local(self, tag: str, ulaw: bytes) -> None:
         """Play audio made here (a hold tone) to the caller; never truncated upstream."""
 
-    def queued_ms(self) -> float:
-        """Audio sent to Twilio and not yet played, by the ledger's estimate."""
-
     def stop_local(self) -> None:
         """Clear what Twilio still holds of local audio (and anything else it holds)."""
 

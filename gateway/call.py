@@ -442,9 +442,6 @@ class Call:
             self._local_seq += 1
             self.playout.deliver(f"{LOCAL_PREFIX}{tag}-{self._local_seq}", 0, ulaw, len(ulaw) / 8.0)
 
-    def queued_ms(self) -> float:
-        return float(self.playout.ledger.queued_bytes) / 8.0
-
     def stop_local(self) -> None:
         if self.state is State.STREAMING:
             self.playout.clear(self._clock())

@@ -41,7 +41,6 @@ log = logging.getLogger("gateway.agent")
 DTMF_BATCH_S = 1.5  # digits pressed within this of each other reach the model together
 PLAYOUT_WAIT_S = 30.0  # the longest end_call/transfer waits for the last words to play
 REST_STOP_WAIT_S = 5.0  # after a REST hang-up/transfer, Twilio's stop is expected within this
-TONE_LEAD_MS = 1000.0  # hold tone queued ahead at Twilio
 
 
 class _ToolCall:
@@ -82,6 +81,7 @@ class AgentCall(CallBehaviour):
         self._dtmf_timer: Any = None
         self._filler_timer: Any = None
         self._filler_response: str | None = None
+        self._filler_spoken = False
         self._tone_timer: Any = None
         self._ending: EndReason | None = None
         self._stop_fallback: Any = None
@@ -256,15 +256,15 @@ class AgentCall(CallBehaviour):
             self._tone()
         elif not self._call.response_active:
             self._call.send_upstream(oa.response_out_of_band(self.agent.filler.instructions, "filler"))
+            self._filler_spoken = True
 
     def _tone(self) -> None:
-        """Keep about TONE_LEAD_MS of hold tone queued at Twilio while a tool runs."""
+        """One period of hold tone every period while a tool runs: Twilio holds about one ahead."""
         self._tone_timer = None
         if not self._outstanding:
             return
-        if self._call.queued_ms() < TONE_LEAD_MS:
-            self._call.play_local("hold", hold_pattern())
-        self._tone_timer = self._call.call_later(PERIOD_S / 2, self._tone)
+        self._call.play_local("hold", hold_pattern())
+        self._tone_timer = self._call.call_later(PERIOD_S, self._tone)
 
     def _stop_filler(self) -> None:
         if self._filler_timer is not None:
@@ -274,8 +274,10 @@ class AgentCall(CallBehaviour):
             self._tone_timer.cancel()
             self._tone_timer = None
             self._call.stop_local()
-        if self._filler_response is not None:
+        if self._filler_response is not None:  # still generating
             self._call.send_upstream(oa.response_cancel(self._filler_response))
+        if self._filler_spoken:  # Twilio may still be playing it
+            self._filler_spoken = False
             self._call.stop_local()
 
     # ------------------------------------------------------------------ built-ins

@@ -9,6 +9,7 @@ the one extension point the package offers for that.
 """
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -29,7 +30,8 @@ class TwilioRestError(Exception):
 
 
 class _BaseUrlClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # the package ships no types
-    """The package's aiohttp client with ``https://api.twilio.com`` replaced by ``base_url``."""
+    """The package's aiohttp client with ``https://api.twilio.com`` replaced by ``base_url``, and
+    basic auth sent as a header (the package still uses aiohttp's deprecated ``BasicAuth``)."""
 
     def __init__(self, base_url: str) -> None:
         super().__init__(timeout=TIMEOUT_S)
@@ -41,7 +43,10 @@ class _BaseUrlClient(AsyncTwilioHttpClient):  # type: ignore[misc]  # the packag
                       allow_redirects: bool = False) -> Response:
         if self._base != TWILIO_API and url.startswith(TWILIO_API):
             url = self._base + url[len(TWILIO_API):]
-        return await super().request(method, url, params, data, headers, auth, timeout, allow_redirects)
+        if auth is not None:
+            credentials = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            headers = {**(headers or {}), "Authorization": f"Basic {credentials}"}
+        return await super().request(method, url, params, data, headers, None, timeout, allow_redirects)
 
 
 def dial_twiml(target: str) -> str:
