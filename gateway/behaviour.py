@@ -59,6 +59,10 @@ class CallControl(Protocol):
     @property
     def response_active(self) -> bool: ...
 
+    @property
+    def audio_playing(self) -> bool:
+        """Twilio may still hold audio sent to it (by the ledger)."""
+
     def interrupt(self, trigger: Trigger) -> bool: ...
 
     def play_local(self, tag: str, ulaw: bytes) -> None:

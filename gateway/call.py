@@ -437,6 +437,10 @@ class Call:
     def response_active(self) -> bool:
         return self.responses.active is not None
 
+    @property
+    def audio_playing(self) -> bool:
+        return bool(self.playout.ledger.busy)
+
     def play_local(self, tag: str, ulaw: bytes) -> None:
         if self.state is State.STREAMING and ulaw:
             self._local_seq += 1

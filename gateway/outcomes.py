@@ -22,7 +22,11 @@ class Outcome(enum.StrEnum):
     DRAIN_TIMEOUT = "drain_timeout"
     SHUTDOWN = "shutdown"
     AGENT_HANGUP = "agent_hangup"  # the agent's end_call (or its max_call_s)
-    TRANSFERRED = "transferred"  # the agent's transfer_call redirected the call
+    TRANSFERRED = "transferred"  # the agent's transfer_call (or the control API) redirected the call
+    API_HANGUP = "api_hangup"  # POST /calls/{sid}/hangup
+    WORKER_LOST = "worker_lost"  # the worker holding the call died (counted by the supervisor)
+    REJECTED_DUPLICATE = "rejected_duplicate"  # a second media socket for a call that already streams
+    REJECTED_CAPACITY = "rejected_capacity"  # `start` beyond the pod's GATEWAY_MAX_CALLS (no reservation)
 
 
 class CloseCode(enum.IntEnum):
@@ -33,6 +37,7 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008  # protocol violation, bad call token
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011  # the other leg failed
+    TRY_AGAIN_LATER = 1013  # no room for the call right now
 
 
 class EndReason(enum.StrEnum):
@@ -54,6 +59,10 @@ class EndReason(enum.StrEnum):
     AGENT_HANGUP = "agent_hangup"
     MAX_DURATION = "max_duration"
     TRANSFERRED = "transferred"
+    API_HANGUP = "api_hangup"
+    DUPLICATE_STREAM = "duplicate_stream"
+    TOKEN_REPLAYED_ELSEWHERE = "token_replayed_elsewhere"  # noqa: S105 - a label
+    OVER_CAPACITY = "over_capacity"
 
     @property
     def outcome(self) -> Outcome:
@@ -77,6 +86,10 @@ END_REASONS: dict[EndReason, tuple[Outcome, CloseCode]] = {
     EndReason.AGENT_HANGUP: (Outcome.AGENT_HANGUP, CloseCode.NORMAL),
     EndReason.MAX_DURATION: (Outcome.AGENT_HANGUP, CloseCode.NORMAL),
     EndReason.TRANSFERRED: (Outcome.TRANSFERRED, CloseCode.NORMAL),
+    EndReason.API_HANGUP: (Outcome.API_HANGUP, CloseCode.NORMAL),
+    EndReason.DUPLICATE_STREAM: (Outcome.REJECTED_DUPLICATE, CloseCode.POLICY_VIOLATION),
+    EndReason.TOKEN_REPLAYED_ELSEWHERE: (Outcome.REJECTED_TOKEN, CloseCode.POLICY_VIOLATION),
+    EndReason.OVER_CAPACITY: (Outcome.REJECTED_CAPACITY, CloseCode.TRY_AGAIN_LATER),
 }
 
 
@@ -92,7 +105,8 @@ class RejectReason(enum.StrEnum):
     """Why a new call was refused: the ``reason`` label of ``gateway_rejected_calls_total``."""
 
     DRAINING = "draining"
-    CAPACITY = "capacity"
+    CAPACITY = "capacity"  # the pod is at GATEWAY_MAX_CALLS
+    CLUSTER_CAPACITY = "cluster_capacity"  # the cluster is at GATEWAY_CLUSTER_MAX_CALLS
     BAD_SIGNATURE = "bad_signature"
 
 

@@ -24,7 +24,7 @@ import orjson
 from ..behaviour import CallBehaviour, CallControl, Interruption, SessionPlan
 from ..openai import events as oa
 from ..openai import server_events as se
-from ..outcomes import EndReason, ToolStatus
+from ..outcomes import EndReason, ToolStatus, Trigger
 from ..stats import CallStats
 from ..twilio.rest import TwilioRestError, dial_twiml
 from ..twilio.tokens import CallClaims
@@ -82,6 +82,7 @@ class AgentCall(CallBehaviour):
         self._filler_timer: Any = None
         self._filler_response: str | None = None
         self._filler_spoken = False
+        self._pending_say = ""
         self._tone_timer: Any = None
         self._ending: EndReason | None = None
         self._stop_fallback: Any = None
@@ -136,6 +137,7 @@ class AgentCall(CallBehaviour):
                 self._stats.tokens[kind] = self._stats.tokens.get(kind, 0) + n
         if response.id == self._filler_response:
             self._filler_response = None
+        self._say_if_due()
         calls = [item for item in response.output if item.type == "function_call"]
         if calls and response.status == "completed":
             self._run(calls)
@@ -347,6 +349,51 @@ class AgentCall(CallBehaviour):
         self._call.expect_end(reason)
         self._stop_fallback = self._call.call_later(
             REST_STOP_WAIT_S, lambda: self._call.end(reason, "no stop from Twilio after REST"))
+
+    # ------------------------------------------------------------------ the control API
+    def details(self) -> dict[str, Any]:
+        """What ``GET /calls/{sid}`` shows of a live call."""
+        out: dict[str, Any] = {
+            "agent": self.agent_name, "from": self.claims.caller, "to": self.claims.called, "model": self.model,
+            "duration_s": round(time.time() - self._started_wall, 3), "barge_ins": self.barge_ins,
+            "tool_calls": [t.as_record() for t in self.tool_calls], "dtmf_digits": self._stats.dtmf_digits,
+            "usage": {"responses": self.tokens.responses, "tokens": dict(self.tokens.counts)},
+        }
+        if self.agent.transcripts:
+            out["transcript"] = self.transcript.snapshot()
+        return out
+
+    def hangup(self, after_playout: bool) -> None:
+        """End the call now, or once what was already sent has played."""
+        self._ending = EndReason.API_HANGUP
+        if after_playout:
+            self._call.after_playout(lambda: self._spawn(self._hangup(EndReason.API_HANGUP)), PLAYOUT_WAIT_S)
+        else:
+            self._spawn(self._hangup(EndReason.API_HANGUP))
+
+    def say(self, text: str) -> None:
+        """The assistant says ``text`` now (an out-of-band response: not part of the conversation)."""
+        self._pending_say = f"Say exactly this to the caller, and nothing else: {text}"
+        if self._call.response_active or self._call.audio_playing:
+            self._call.interrupt(Trigger.CONTROL_API)
+        self._say_if_due()
+
+    def _say_if_due(self) -> None:
+        if self._pending_say and not self._call.response_active:
+            self._call.send_upstream(oa.response_out_of_band(self._pending_say, "say"))
+            self._pending_say = ""
+
+    def set_instructions(self, instructions: str) -> None:
+        self._call.send_upstream(oa.session_update({"type": "realtime", "instructions": instructions}))
+
+    def transfer(self, target: str) -> None:
+        """Redirect the call to ``target`` (one of the agent's ``transfer_targets``) now."""
+        if target not in self.agent.transfer_targets:
+            raise ValueError(f"{target!r} is not a transfer target of agent {self.agent_name!r}")
+        if self._services.rest is None:
+            raise LookupError("transfers need Twilio REST credentials (TWILIO_ACCOUNT_SID)")
+        self._ending = EndReason.TRANSFERRED
+        self._spawn(self._redirect(target))
 
     # ------------------------------------------------------------------ lifecycle
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
