@@ -20,6 +20,7 @@ Twilio Media Streams <-> OpenAI Realtime gateway.
   gateway demo     everything on loopback (gateway + Twilio and OpenAI simulators), no keys needed
   gateway serve    serve real calls; configuration from environment variables
   gateway check    validate the configuration, connect to the upstream, test the public URL
+                   (also: gateway doctor)
   gateway run      serve when the configuration is complete, else the demo (says which and why)
 """
 EPILOG = """\
@@ -253,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_options(serve)
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check", help="validate the configuration, connect to the upstream, test the public URL",
+    check = sub.add_parser("check", aliases=["doctor"],
+                           help="validate the configuration, connect to the upstream, test the public URL",
                            description=CHECK_DESCRIPTION, epilog=EPILOG, formatter_class=raw)
     check.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                        help="per step (default: GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S)")

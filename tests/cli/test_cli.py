@@ -199,9 +199,21 @@ def source_copy(tmp_path_factory) -> Path:
     return root
 
 
+def from_the_source_tree(start, source_copy: Path, *args: str, **env: str):
+    """``python -m gateway.cli serve`` started in the source tree: ``-m`` puts the working directory
+    first on sys.path (unless PYTHONSAFEPATH, which CI's installed-wheel pass sets: cleared here)."""
+    return start(*args, cmd=[sys.executable, "-m", "gateway.cli"], cwd=str(source_copy), **env)
+
+
+@pytest.fixture
+def no_safe_path(monkeypatch):
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+
+
+@pytest.mark.usefixtures("no_safe_path")
 def test_serve_refuses_the_pure_twin_nobody_asked_for(start, source_copy):
-    gw = start("serve", *loopback(free_port()), cmd=[sys.executable, "-m", "gateway.cli"], cwd=str(source_copy),
-               GATEWAY_INSECURE_DEV="1", OPENAI_API_KEY="sk-x")
+    gw = from_the_source_tree(start, source_copy, "serve", *loopback(free_port()), GATEWAY_INSECURE_DEV="1",
+                              OPENAI_API_KEY="sk-x", GATEWAY_NO_EXTENSIONS="0")
     assert gw.proc.wait(60) == 2, gw.text()
     gw.kill()
     err = "\n".join(gw.err)
@@ -211,9 +223,10 @@ def test_serve_refuses_the_pure_twin_nobody_asked_for(start, source_copy):
     assert "RuntimeWarning" not in err
 
 
+@pytest.mark.usefixtures("no_safe_path")
 def test_serve_runs_the_pure_twin_when_asked(start, source_copy):
-    gw = start("serve", *loopback(free_port()), cmd=[sys.executable, "-m", "gateway.cli"], cwd=str(source_copy),
-               GATEWAY_INSECURE_DEV="1", OPENAI_API_KEY="sk-x", GATEWAY_NO_EXTENSIONS="1")
+    gw = from_the_source_tree(start, source_copy, "serve", *loopback(free_port()), GATEWAY_INSECURE_DEV="1",
+                              OPENAI_API_KEY="sk-x", GATEWAY_NO_EXTENSIONS="1")
     gw.ready()
     assert gw.record("startup summary")["fast_path"] == "pure"
     assert gw.stop() == 0
@@ -248,6 +261,7 @@ def test_help_is_plain_text_and_covers_every_option():
     serve = outputs["serve --help"]
     assert "environment variables" in serve and "python -m gateway.config" in serve and "gateway check" in serve
     check = outputs["check --help"]
+    assert cli("doctor", "--help").stdout == check  # an alias of check
     assert "session.created" in check and "no audio" in check and "GET /v1/models" in check
 
 
