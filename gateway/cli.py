@@ -105,8 +105,8 @@ def print_config_error(command: str, exc: ConfigError) -> None:
     print(f"{command}: configuration error ({n} problem{'s' if n != 1 else ''}):", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
-    print(f"Every setting and its allowed values: `python -m gateway.config`; {TRY_THE_DEMO}.",
-          file=sys.stderr, flush=True)
+    demo = "" if any("`gateway demo`" in p for p in exc.problems) else f"; {TRY_THE_DEMO}"
+    print(f"Every setting and its allowed values: `python -m gateway.config`{demo}.", file=sys.stderr, flush=True)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
