@@ -1,13 +1,24 @@
 """Twelve-factor configuration: every setting is an environment variable with a sane default.
 
-``VARIABLES`` is the single source of truth: ``Settings.from_env`` reads it, and a test checks that
-the README's table lists exactly these names. Secrets are marked so they never reach a log line.
+``VARIABLES`` is the single source of truth: ``Settings.from_env`` reads it, the README's table is
+printed from it (``python -m gateway.config``; a test keeps the two identical), and every value is
+validated from its declaration. Adding a setting is one ``Var`` plus its ``Settings`` field::
+
+    Var("GATEWAY_EXAMPLE_MS", "example_ms", 500, parse_int, "What it does.", minimum=0, maximum=10_000)
+
+``parse`` turns the environment string into a value (``parse_int``, ``parse_float``, ``parse_bool``,
+``str``...); then the declaration's ``choices``, ``minimum``/``maximum``, ``url`` (allowed schemes),
+``required``, ``file`` and ``check`` apply, to values from the environment, to the defaults and to
+``from_env``'s overrides alike. Each wrong setting yields one line naming the variable, the value
+and what is allowed, and ``from_env`` raises one ``ConfigError`` listing all of them. Secrets are
+marked so their values never reach a message or a log line.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,103 +27,255 @@ from .errors import ConfigError
 
 AUDIO_MODES = ("passthrough", "pcm16")
 UNHEARD_ACTIONS = ("truncate", "delete", "skip")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TRY_THE_DEMO = "to try the gateway without any keys: `gateway demo`"
 
 
-def _bool(value: str) -> bool:
+# --------------------------------------------------------------------------- parsers
+# Each turns the environment's string into a value or raises ValueError saying what is wrong.
+def parse_int(value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError("not an integer") from None
+
+
+def parse_float(value: str) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def parse_bool(value: str) -> bool:
     v = value.strip().lower()
     if v in ("1", "true", "yes", "on"):
         return True
     if v in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"not a boolean: {value!r}")
+    raise ValueError("not a boolean")
+
+
+def parse_upper(value: str) -> str:
+    return value.strip().upper()
+
+
+_bool = parse_bool  # the name this module used before the parsers were public
+
+
+# --------------------------------------------------------------------------- checks beyond a declaration
+def _public_url_problem(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.query or parts.fragment:
+        return "has a query or fragment"
+    if parts.path.rstrip("/").endswith(("/twilio/voice", "/twilio/media")):
+        return "is the webhook or stream URL, not the base URL (drop the /twilio/... path)"
+    return None
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
 
 
 @dataclass(frozen=True)
 class Var:
+    """One setting: environment name, ``Settings`` field, default, parser, documentation, and what
+    values are allowed (``choices``, ``minimum``/``maximum`` inclusive, ``url`` schemes,
+    ``required`` non-empty text, ``file`` = the path of a readable file, ``check`` for anything
+    else: returns what is wrong or None). ``allowed`` overrides the generated description."""
+
     env: str
     field: str
     default: Any
     parse: Callable[[str], Any]
     doc: str
     secret: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    url: tuple[str, ...] = ()
+    required: bool = False
+    file: bool = False
+    check: Callable[[Any], str | None] | None = None
+    allowed: str = ""
+
+    @property
+    def kind(self) -> type:
+        return type(self.default)
+
+    def describe(self) -> str:
+        """What is allowed, in words (error messages and the README table)."""
+        if self.allowed:
+            return self.allowed
+        if self.choices:
+            return "one of " + ", ".join(f"`{c}`" for c in self.choices)
+        kind = self.kind
+        if kind is bool:
+            return "`1` or `0` (also true/false, yes/no, on/off)"
+        if kind in (int, float):
+            return self._describe_number("an integer" if kind is int else "a number")
+        prefix = "" if self.required else "empty or "
+        if self.url:
+            return prefix + "a " + " or ".join(f"`{s}://`" for s in self.url) + " URL"
+        if self.file:
+            return prefix + "the path of a readable file"
+        return "any non-empty text" if self.required else "any text"
+
+    def _describe_number(self, noun: str) -> str:
+        lo, hi = self.minimum, self.maximum
+        if lo is not None and hi is not None:
+            return f"{noun} from {_number(lo)} to {_number(hi)}"
+        if lo is not None:
+            return f"{noun} ≥ {_number(lo)}"
+        if hi is not None:
+            return f"{noun} ≤ {_number(hi)}"
+        return noun
+
+    def shown(self, value: Any, raw: str | None = None) -> str:
+        """The value as a message may show it: never a secret."""
+        if self.secret:
+            return "<secret>"
+        if raw is None and isinstance(value, str) and self.kind is not str:
+            return repr(value)  # a string where a number or boolean belongs
+        text = raw if raw is not None else (("1" if value else "0") if isinstance(value, bool) else str(value))
+        return text if text and text == text.strip() and " " not in text else repr(text)
+
+    def message(self, problem: str, value: Any, raw: str | None = None, origin: str = "") -> str:
+        """One line: variable, value, what is wrong and what is allowed."""
+        return (f"{self.env}={self.shown(value, raw)}{origin}: {problem}; "
+                f"allowed: {self.describe().replace('`', '')}")
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with a (parsed) value, or None."""
+        kind = self.kind
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            return f"is a {type(value).__name__}, not {'text' if kind is str else kind.__name__}"
+        if self.choices and value not in self.choices:
+            return "unknown value"
+        if kind in (int, float):
+            if not math.isfinite(value):
+                return "not a finite number"
+            if (self.minimum is not None and value < self.minimum) or (
+                    self.maximum is not None and value > self.maximum):
+                return "out of range"
+        if isinstance(value, str):
+            return self._text_problem(value)
+        return None
+
+    def _text_problem(self, value: str) -> str | None:
+        if not value:
+            return "must not be empty" if self.required else None
+        if self.secret and (value != value.strip() or any(c.isspace() for c in value)):
+            return "contains spaces or line breaks (a copy-paste slip?)"
+        if self.url:
+            parts = urlsplit(value)
+            if parts.scheme not in self.url or not parts.hostname:
+                return "not a " + " or ".join(f"{s}://" for s in self.url) + " URL with a host"
+        if self.file and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            return "no such readable file"
+        return self.check(value) if self.check is not None else None
 
 
 VARIABLES: tuple[Var, ...] = (
     Var("GATEWAY_HOST", "host", "0.0.0.0", str,  # noqa: S104 - a server in a container listens on all interfaces
-        "Listening address of the one public port."),
-    Var("GATEWAY_PORT", "port", 8080, int, "The one public port: webhook, media socket, control API, health."),
+        "Listening address of the one public port.", required=True),
+    Var("GATEWAY_PORT", "port", 8080, parse_int, "The one public port: webhook, media socket, control API, health.",
+        minimum=0, maximum=65535),
     Var("GATEWAY_PUBLIC_URL", "public_url", "", str,
         "Public base URL Twilio uses (e.g. `https://gw.example.com`); builds the `<Stream>` URL and the "
-        "signed URLs. Empty: derived from the request's Host header (development only)."),
+        "signed URLs. Empty: derived from the request's Host header (development only).",
+        url=("http", "https"), check=_public_url_problem,
+        allowed="empty or an `https://` (or `http://`) base URL without query or `/twilio/...` path"),
     Var("GATEWAY_UPSTREAM_URL", "upstream_url", "wss://api.openai.com/v1/realtime?model=gpt-realtime", str,
-        "OpenAI Realtime WebSocket URL."),
+        "OpenAI Realtime WebSocket URL.", url=("wss", "ws"), required=True),
     Var("OPENAI_API_KEY", "openai_api_key", "", str, "Bearer token for the upstream.", secret=True),
     Var("GATEWAY_UPSTREAM_CA_FILE", "upstream_ca_file", "", str,
-        "Extra CA bundle (PEM) trusted for the upstream TLS connection (tests, private proxies)."),
-    Var("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S", "upstream_connect_timeout_s", 10.0, float,
-        "Upstream TCP+TLS+WebSocket handshake timeout."),
-    Var("GATEWAY_MODEL", "model", "gpt-realtime", str, "Model named in `session.update` (must match the URL)."),
+        "Extra CA bundle (PEM) trusted for the upstream TLS connection (tests, private proxies).", file=True),
+    Var("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_S", "upstream_connect_timeout_s", 10.0, parse_float,
+        "Upstream TCP+TLS+WebSocket handshake timeout.", minimum=0.1, maximum=120),
+    Var("GATEWAY_MODEL", "model", "gpt-realtime", str, "Model named in `session.update` (must match the URL).",
+        required=True),
     Var("GATEWAY_AUDIO_MODE", "audio_mode", "passthrough", str,
-        "`passthrough`: μ-law both ways, no transcoding. `pcm16`: PCM16 24 kHz upstream, transcoded here."),
+        "`passthrough`: μ-law both ways, no transcoding. `pcm16`: PCM16 24 kHz upstream, transcoded here.",
+        choices=AUDIO_MODES),
     Var("GATEWAY_INSTRUCTIONS", "instructions", "You are a helpful phone assistant. Keep answers short.", str,
         "Session instructions."),
-    Var("GATEWAY_VOICE", "voice", "marin", str, "Output voice."),
+    Var("GATEWAY_VOICE", "voice", "marin", str, "Output voice.", required=True),
     Var("GATEWAY_GREETING", "greeting", "", str,
         "If set, the assistant speaks first: a `response.create` with these instructions once the session is ready."),
-    Var("GATEWAY_VAD_THRESHOLD", "vad_threshold", 0.5, float, "server_vad threshold (0..1)."),
-    Var("GATEWAY_VAD_PREFIX_PADDING_MS", "vad_prefix_padding_ms", 300, int, "server_vad prefix padding."),
-    Var("GATEWAY_VAD_SILENCE_MS", "vad_silence_ms", 500, int, "server_vad silence that ends a turn."),
-    Var("GATEWAY_VAD_CREATE_RESPONSE", "vad_create_response", True, _bool, "server_vad `create_response`."),
-    Var("GATEWAY_VAD_INTERRUPT_RESPONSE", "vad_interrupt_response", True, _bool,
+    Var("GATEWAY_VAD_THRESHOLD", "vad_threshold", 0.5, parse_float, "server_vad threshold.", minimum=0, maximum=1),
+    Var("GATEWAY_VAD_PREFIX_PADDING_MS", "vad_prefix_padding_ms", 300, parse_int, "server_vad prefix padding.",
+        minimum=0, maximum=10_000),
+    Var("GATEWAY_VAD_SILENCE_MS", "vad_silence_ms", 500, parse_int, "server_vad silence that ends a turn.",
+        minimum=0, maximum=10_000),
+    Var("GATEWAY_VAD_CREATE_RESPONSE", "vad_create_response", True, parse_bool, "server_vad `create_response`."),
+    Var("GATEWAY_VAD_INTERRUPT_RESPONSE", "vad_interrupt_response", True, parse_bool,
         "server_vad `interrupt_response` (server cancels its response on speech start)."),
-    Var("GATEWAY_COALESCE_FRAMES", "coalesce_frames", 1, int,
-        "Inbound 20 ms frames per `input_audio_buffer.append` (1 = lowest latency)."),
-    Var("GATEWAY_TWILIO_LATENCY_MS", "twilio_latency_ms", 50.0, float,
-        "Initial one-way latency guess to Twilio until the first mark probe measures it."),
+    Var("GATEWAY_COALESCE_FRAMES", "coalesce_frames", 1, parse_int,
+        "Inbound 20 ms frames per `input_audio_buffer.append` (1 = lowest latency).", minimum=1, maximum=50),
+    Var("GATEWAY_TWILIO_LATENCY_MS", "twilio_latency_ms", 50.0, parse_float,
+        "Initial one-way latency guess to Twilio until the first mark probe measures it.", minimum=0, maximum=2000),
     Var("GATEWAY_UNHEARD_ITEM_ACTION", "unheard_item_action", "truncate", str,
         "What to do on barge-in with an assistant item the caller heard nothing of: `truncate` (at 0 ms), "
-        "`delete` the item, or `skip`."),
-    Var("GATEWAY_MAX_FRAME_BYTES", "max_frame_bytes", 65536, int,
-        "Largest WebSocket message accepted from Twilio; larger closes that call."),
-    Var("GATEWAY_MAX_PENDING_AUDIO_MS", "max_pending_audio_ms", 2000, int,
-        "Caller audio buffered while the upstream session is being opened."),
+        "`delete` the item, or `skip`.", choices=UNHEARD_ACTIONS),
+    Var("GATEWAY_MAX_FRAME_BYTES", "max_frame_bytes", 65536, parse_int,
+        "Largest WebSocket message accepted from Twilio; larger closes that call.",
+        minimum=4096, maximum=16 * 1024 * 1024),
+    Var("GATEWAY_MAX_PENDING_AUDIO_MS", "max_pending_audio_ms", 2000, parse_int,
+        "Caller audio buffered while the upstream session is being opened.", minimum=0, maximum=60_000),
     Var("TWILIO_AUTH_TOKEN", "twilio_auth_token", "", str,
         "Validates `X-Twilio-Signature`. Required unless GATEWAY_INSECURE_DEV=1.", secret=True),
     Var("GATEWAY_CALL_TOKEN_SECRET", "call_token_secret", "", str,
         "HMAC key for per-call media tokens, shared by all instances. Default: derived from TWILIO_AUTH_TOKEN.",
         secret=True),
-    Var("GATEWAY_CALL_TOKEN_TTL_S", "call_token_ttl_s", 60, int,
-        "Lifetime of the per-call token between the webhook and the media socket's `start`."),
+    Var("GATEWAY_CALL_TOKEN_TTL_S", "call_token_ttl_s", 60, parse_int,
+        "Lifetime of the per-call token between the webhook and the media socket's `start`.",
+        minimum=1, maximum=3600),
     Var("GATEWAY_CONTROL_TOKEN", "control_token", "", str,
         "Bearer token of the control API (`POST /calls/{sid}/interrupt`); empty disables the API.", secret=True),
-    Var("GATEWAY_INSECURE_DEV", "insecure_dev", False, _bool,
+    Var("GATEWAY_INSECURE_DEV", "insecure_dev", False, parse_bool,
         "Allow running without TWILIO_AUTH_TOKEN (no signature or call-token checks). Never in production."),
     Var("GATEWAY_AGENTS_FILE", "agents_file", "", str,
         "Agent profiles (TOML: agents, tools, routes, prices; see docs/agents.md). Empty: one agent from the "
-        "variables above. Reloaded on SIGHUP."),
+        "variables above. Reloaded on SIGHUP.", file=True),
     Var("GATEWAY_TOOL_SECRET", "tool_secret", "", str,
         "HMAC key of `X-Gateway-Signature` on tool requests and call-record webhooks (required with HTTP tools).",
         secret=True),
     Var("GATEWAY_CALL_RECORDS_DIR", "call_records_dir", "", str,
         "Directory of the call records (one JSONL file per UTC day). Empty: not written to disk."),
     Var("GATEWAY_CALL_RECORD_WEBHOOK", "call_record_webhook", "", str,
-        "URL that receives each call record as a signed JSON POST (retried with backoff). Empty: off."),
+        "URL that receives each call record as a signed JSON POST (retried with backoff). Empty: off.",
+        url=("http", "https")),
     Var("TWILIO_ACCOUNT_SID", "twilio_account_sid", "", str,
-        "Twilio account for the REST API (hang-up, transfer). Empty: end_call closes the media stream instead, "
-        "transfer_call is unavailable."),
+        "Twilio account for the REST API (hang-up, transfer, outbound calls). Empty: end_call closes the media "
+        "stream instead, transfer_call is unavailable."),
     Var("TWILIO_API_KEY", "twilio_api_key", "", str,
         "Twilio API key SID (`SK…`) for the REST API; with TWILIO_API_SECRET. Default: the account SID with "
         "TWILIO_AUTH_TOKEN."),
     Var("TWILIO_API_SECRET", "twilio_api_secret", "", str, "Secret of TWILIO_API_KEY.", secret=True),
     Var("TWILIO_API_BASE_URL", "twilio_api_base_url", "https://api.twilio.com", str,
-        "Base URL of Twilio's REST API (tests and the demo point it at the REST simulator)."),
-    Var("GATEWAY_LOG_LEVEL", "log_level", "INFO", str, "DEBUG, INFO, WARNING, ERROR."),
-    Var("GATEWAY_WORKERS", "workers", 0, int, "Worker processes of `gateway serve` (0 = one per CPU core)."),
-    Var("GATEWAY_MAX_CALLS", "max_calls", 2000, int,
-        "Concurrent calls per worker; beyond it media sockets get 503 and the webhook a busy `<Reject>`."),
-    Var("GATEWAY_DRAIN_TIMEOUT_S", "drain_timeout_s", 600.0, float,
-        "On SIGTERM: how long active calls may continue before they are ended."),
+        "Base URL of Twilio's REST API (tests and the demo point it at the REST simulator).",
+        url=("http", "https"), required=True),
+    Var("GATEWAY_LOG_LEVEL", "log_level", "INFO", parse_upper, "Log level (any case).", choices=LOG_LEVELS),
+    Var("GATEWAY_WORKERS", "workers", 0, parse_int, "Worker processes of `gateway serve` (0 = one per CPU core).",
+        minimum=0, maximum=256),
+    Var("GATEWAY_MAX_CALLS", "max_calls", 2000, parse_int,
+        "Concurrent calls per worker; beyond it media sockets get 503 and the webhook a busy `<Reject>`.", minimum=1),
+    Var("GATEWAY_DRAIN_TIMEOUT_S", "drain_timeout_s", 600.0, parse_float,
+        "On SIGTERM: how long active calls may continue before they are ended.", minimum=0),
 )
+BY_FIELD: dict[str, Var] = {var.field: var for var in VARIABLES}
 
 
 @dataclass(frozen=True)
@@ -159,52 +322,76 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Read every variable of ``VARIABLES`` (missing ones keep their default), then validate."""
+        """Read every variable of ``VARIABLES`` (missing ones keep their default), apply
+        ``overrides`` (field name → value, e.g. from command-line options), then validate it all.
+
+        Raises one ``ConfigError`` whose ``problems`` has a line per wrong setting."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        raw: dict[str, str] = {}
+        problems: dict[str, str] = {}  # by field: one line per wrong setting
         for var in VARIABLES:
-            raw = env.get(var.env)
-            if raw is None:
+            text = env.get(var.env)
+            if text is None:
                 continue
+            raw[var.field] = text
             try:
-                values[var.field] = var.parse(raw)
+                values[var.field] = var.parse(text)
             except ValueError as exc:
-                shown = "<secret>" if var.secret else repr(raw)
-                raise ConfigError(f"{var.env}={shown}: {exc}") from None
+                problems[var.field] = var.message(str(exc), text, text)
+        unknown = sorted(set(overrides) - set(BY_FIELD))
+        if unknown:
+            raise TypeError(f"Settings.from_env: unknown setting(s) {', '.join(unknown)}")
         values.update(overrides)
-        settings = cls(**values)
-        settings.validate()
+        for field in overrides:
+            raw.pop(field, None)
+            problems.pop(field, None)
+        for var in VARIABLES:
+            if var.field in problems:
+                continue
+            value = values.get(var.field, var.default)
+            problem = var.problem(value)
+            if problem is not None:
+                origin = " (given to Settings.from_env)" if var.field in overrides else ""
+                problems[var.field] = var.message(problem, value, raw.get(var.field), origin)
+        # Checks across settings see the wrong values replaced by their defaults: all problems at once.
+        settings = cls(**{k: v for k, v in values.items() if k not in problems})
+        lines = [problems[var.field] for var in VARIABLES if var.field in problems]
+        lines += settings.cross_problems(wrong=set(problems))
+        if lines:
+            raise ConfigError(*lines)
         return settings
 
     def validate(self) -> None:
-        if self.audio_mode not in AUDIO_MODES:
-            raise ConfigError(f"GATEWAY_AUDIO_MODE must be one of {AUDIO_MODES}, got {self.audio_mode!r}")
-        if self.unheard_item_action not in UNHEARD_ACTIONS:
-            raise ConfigError(f"GATEWAY_UNHEARD_ITEM_ACTION must be one of {UNHEARD_ACTIONS}")
-        if not 1 <= self.coalesce_frames <= 50:
-            raise ConfigError("GATEWAY_COALESCE_FRAMES must be within 1..50")
-        if not 0 <= self.port < 65536:
-            raise ConfigError("GATEWAY_PORT out of range")
-        if self.workers < 0 or self.max_calls < 1 or self.drain_timeout_s < 0:
-            raise ConfigError("GATEWAY_WORKERS >= 0, GATEWAY_MAX_CALLS >= 1, GATEWAY_DRAIN_TIMEOUT_S >= 0")
-        if self.public_url:
-            parts = urlsplit(self.public_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-                raise ConfigError("GATEWAY_PUBLIC_URL must be http(s)://host[:port][/prefix] without a query")
-        if urlsplit(self.upstream_url).scheme not in ("ws", "wss"):
-            raise ConfigError("GATEWAY_UPSTREAM_URL must be a ws:// or wss:// URL")
-        for name, url in (("GATEWAY_CALL_RECORD_WEBHOOK", self.call_record_webhook),
-                          ("TWILIO_API_BASE_URL", self.twilio_api_base_url)):
-            parts = urlsplit(url)
-            if url and (parts.scheme not in ("http", "https") or not parts.netloc):
-                raise ConfigError(f"{name} must be an http(s) URL")
-        if self.twilio_api_key and not self.twilio_api_secret:
-            raise ConfigError("TWILIO_API_KEY needs TWILIO_API_SECRET")
-        if not self.twilio_auth_token and not self.insecure_dev:
-            raise ConfigError(
-                "TWILIO_AUTH_TOKEN is not set: refusing to start without Twilio signature validation. "
-                "Set GATEWAY_INSECURE_DEV=1 for local development only."
+        """Raise ``ConfigError`` listing every problem (``problems()``)."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(*problems)
+
+    def problems(self) -> list[str]:
+        """Every wrong setting (one line each), then what is wrong across settings."""
+        out: list[str] = []
+        for var in VARIABLES:
+            value = getattr(self, var.field)
+            problem = var.problem(value)
+            if problem is not None:
+                out.append(var.message(problem, value))
+        return out + self.cross_problems()
+
+    def cross_problems(self, wrong: Collection[str] = ()) -> list[str]:
+        """What is wrong across settings; checks involving a field in ``wrong`` (already reported
+        on its own) are skipped."""
+        out: list[str] = []
+        involved = {"twilio_auth_token", "insecure_dev"}
+        if self.twilio_api_key and not self.twilio_api_secret and "twilio_api_secret" not in wrong:
+            out.append("TWILIO_API_KEY is set without TWILIO_API_SECRET: the REST API needs both")
+        if not self.twilio_auth_token and not self.insecure_dev and not involved & set(wrong):
+            out.append(
+                "TWILIO_AUTH_TOKEN is not set: refusing to start without Twilio signature validation. Set it to "
+                "your Twilio account's Auth Token, or GATEWAY_INSECURE_DEV=1 for local development only "
+                f"({TRY_THE_DEMO})."
             )
+        return out
 
     @property
     def secure(self) -> bool:
@@ -243,15 +430,28 @@ class Settings:
 
 def markdown_table() -> str:
     """The README's configuration table (``python -m gateway.config`` prints it)."""
-    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    rows = ["| Variable | Default | Allowed | Meaning |", "|---|---|---|---|"]
     for var in VARIABLES:
         default = "" if var.secret else var.default
         if isinstance(default, bool):
             default = "1" if default else "0"
         shown = f"`{default}`" if default != "" else "(empty)"
-        rows.append(f"| `{var.env}` | {shown} | {var.doc} |")
+        rows.append(f"| `{var.env}` | {shown} | {var.describe()} | {var.doc} |")
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.config",
+        description="Print the configuration table (Markdown): every environment variable the gateway "
+                    "reads, its default, the values allowed and what it does. The README's table is this "
+                    "output; `gateway check` validates the current environment.")
+    parser.parse_args(argv)
     print(markdown_table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -144,11 +144,20 @@ async def _run_stack(two_items: bool, audio_mode: str, log: Callable[[str], None
             out = Outcome(sc, record, stack.judge(record))
             out.gateway_clear_us = gateway_stats.get(sid, [])
             _check(out)
-            log(f"  {'PASS' if not out.failures else 'FAIL'}  {sc.name}")
             return out
 
-        outcomes = await asyncio.gather(*(one(sc, i) for i, sc in enumerate(scenarios(two_items))))
-    return list(outcomes)
+        # The calls run at once; their verdicts are printed in table order, each as soon as it and
+        # every call above it have ended.
+        tasks = [asyncio.ensure_future(one(sc, i)) for i, sc in enumerate(scenarios(two_items))]
+        try:
+            for task in tasks:
+                out = await task
+                log(f"  {'PASS' if not out.failures else 'FAIL'}  {out.scenario.name}")
+                outcomes.append(out)
+        finally:
+            for task in tasks:
+                task.cancel()
+    return outcomes
 
 
 def _summary(outcomes: list[Outcome]) -> str:
@@ -159,7 +168,7 @@ def _summary(outcomes: list[Outcome]) -> str:
         r = o.report
         truncs: list[TruncateCheck | None] = [*r.truncates] or [None]
         for k, t in enumerate(truncs):
-            name = o.scenario.name if k == 0 else ""
+            name = o.scenario.name if k == 0 else f"  └ item {k + 1} of the same barge-in"
             trunc = f"{t.audio_end_ms}" if t else "-"
             heard = f"{t.heard_ms:.0f}" if t else "-"
             err = f"{t.error_ms:+.1f}" if t else "-"
@@ -169,16 +178,21 @@ def _summary(outcomes: list[Outcome]) -> str:
             clears = str(r.clears) if k == 0 else ""
             cancels = str(r.cancels) if k == 0 else ""
             lines.append(f"{name:46} {clears:>5} {cancels:>6} {trunc:>12} {heard:>9} {err:>7} {stop:>8} "
-                         f"{gw:>6}  {verdict}")
+                         f"{gw:>6}  {verdict}".rstrip())
         lines.extend(f"      ! {failure}" for failure in o.failures)
     lines += [
         "",
         "clear/cancel: messages the gateway sent (Twilio clear, upstream response.cancel). truncate ms: the",
-        "audio_end_ms sent upstream; heard ms: what the simulated caller actually heard of that item;",
+        "audio_end_ms sent upstream; heard ms: what the simulated caller actually heard of that item (one",
+        "row per truncated item: └ rows are further items of the same barge-in); error: truncate - heard;",
         "stop ms: caller's first syllable -> assistant audio stopped at the caller's ear (VAD detection +",
         "2 network legs of 40±10 ms); gw µs: trigger -> clear handed to the socket inside the gateway.",
     ]
     return "\n".join(lines)
+
+
+def _scenario_list(first: int, listed: list[Scenario]) -> list[str]:
+    return [f"  {first + i}. {sc.name}: {sc.explain}" for i, sc in enumerate(listed)]
 
 
 async def run_demo(verbose: bool = False, audio_mode: str = "passthrough") -> int:
@@ -193,7 +207,11 @@ async def run_demo(verbose: bool = False, audio_mode: str = "passthrough") -> in
 
     log(f"gateway demo: OpenAI simulator (TLS) <-> gateway ({audio_mode}, fast path "
         f"{'compiled' if _fastpath.COMPILED else 'pure Python'}) <-> Twilio simulator, 40±10 ms latency")
-    log("running 4 calls (every barge-in phase), then 1 call with two items back to back ...")
+    phases, pair = scenarios(False), scenarios(True)
+    log(f"{len(phases)} calls at once (every barge-in phase), then {len(pair)} call with two items back to back:")
+    for line in _scenario_list(1, phases) + _scenario_list(len(phases) + 1, pair):
+        log(line)
+    log("")
     t0 = time.monotonic()
     outcomes = await _run_stack(False, audio_mode, log)
     outcomes += await _run_stack(True, audio_mode, log)

@@ -33,7 +33,12 @@ class GatewayError(Exception):
 
 
 class ConfigError(GatewayError):
-    """The configuration is invalid; the process must not start."""
+    """The configuration is invalid; the process must not start. ``problems``: one line per wrong
+    setting (the message is those lines joined)."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(problems))
 
 
 class TwilioProtocolError(ProtocolError, GatewayError):

@@ -2,7 +2,7 @@
 
 Routes:
   POST /twilio/voice                 TwiML that connects the call to our media socket
-  POST /calls/{call_sid}/interrupt   control API (bearer GATEWAY_CONTROL_TOKEN)
+  POST /calls/{call_sid}/interrupt   control API (bearer GATEWAY_CONTROL_TOKEN; 403 when it is unset)
   GET  /healthz                      the process is alive
   GET  /readyz                       ready for new calls (503 while draining or at capacity)
   GET  /metrics                      Prometheus exposition (all workers in multiprocess mode)
@@ -11,6 +11,7 @@ The media socket itself (/twilio/media) is served by picows on the same port (se
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Mapping
@@ -34,10 +35,29 @@ VOICE_PATH = "/twilio/voice"
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 
+def is_local_host(host: str | None) -> bool:
+    """``localhost``, or a loopback, private, link-local or unspecified address: no host Twilio reaches."""
+    name = (host or "").strip("[]").lower()
+    if not name or name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_unspecified
+
+
 def forwarded_base(headers: Mapping[str, str], scheme: str = "http") -> str:
-    """Base URL as the client saw it, from a proxy's X-Forwarded-* headers (development only)."""
-    proto = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip()
+    """Base URL as the client saw it, from a proxy's X-Forwarded-* headers (development only).
+
+    Without ``X-Forwarded-Proto`` a public host name means ``https``: Twilio reaches a laptop
+    only through a tunnel or proxy that terminates TLS for that name, and it opens only ``wss://``
+    stream URLs (docs/protocols/twilio.md#connect-stream-twiml), so ``ws://`` would fail every call.
+    """
     host = headers.get("X-Forwarded-Host", headers.get("Host", "")).split(",")[0].strip()
+    proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if not proto:
+        proto = scheme if is_local_host(urlsplit(f"//{host}").hostname) else "https"
     return f"{proto}://{host}"
 
 
@@ -77,7 +97,11 @@ async def voice_webhook(request: web.Request) -> web.Response:
         # behind a proxy or tunnel the app sees another scheme/host (docs/protocols/twilio.md#url-variants).
         url = base + request.path_qs
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not validate_signature(settings.twilio_auth_token, url, form, signature):
+        urls = [url]
+        if not settings.public_url:  # scheme rebuilt from headers: Twilio may have called http or https
+            scheme, _, rest = url.partition("://")
+            urls.append(("http" if scheme == "https" else "https") + "://" + rest)
+        if not any(validate_signature(settings.twilio_auth_token, u, form, signature) for u in urls):
             gw.count_rejected(RejectReason.BAD_SIGNATURE)
             log.warning("webhook rejected: bad X-Twilio-Signature")
             raise web.HTTPForbidden(text="invalid signature")
@@ -103,8 +127,10 @@ async def voice_webhook(request: web.Request) -> web.Response:
 async def interrupt_call(request: web.Request) -> web.Response:
     gw: Gateway = request.app[GATEWAY_KEY]
     token = gw.settings.control_token
+    if not token:
+        raise web.HTTPForbidden(text="control API disabled: GATEWAY_CONTROL_TOKEN is not set on this gateway\n")
     supplied = request.headers.get("Authorization", "")
-    if not token or not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+    if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
         raise web.HTTPUnauthorized(text="bearer token required", headers={"WWW-Authenticate": "Bearer"})
     call = gw.calls_by_sid.get(request.match_info["call_sid"])
     if call is None:

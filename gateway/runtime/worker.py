@@ -27,7 +27,8 @@ Started by ``supervisor.Supervisor`` (environment inherited: the worker reads th
 5. On Linux the worker asks for SIGTERM when its parent (the supervisor) dies
    (``PR_SET_PDEATHSIG``), so an orphaned worker drains and exits instead of serving forever.
 
-Exit codes: 0 after a signal, 1 if it could not listen or crashed, 2 on a configuration error.
+Exit codes: 0 after a signal, 1 if it could not listen or crashed, 2 on a configuration error or
+when only the pure-Python fast path is available and ``GATEWAY_NO_EXTENSIONS=1`` did not ask for it.
 """
 from __future__ import annotations
 
@@ -208,15 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     _signals.install()  # before the heavy imports: no signal is lost
     args = _parse(argv)
     import logging
+    import warnings
 
+    # The refusal below says it better than _fastpath's import-time warning (startup.PURE_TWIN_WARNING).
+    warnings.filterwarnings("ignore", message="_fastpath: compiled extension not available", category=RuntimeWarning)
     from ..config import Settings
     from ..errors import ConfigError
     from ..logs import setup_logging
+    from ..startup import fast_path, fast_path_refusal
 
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"gateway worker {args.index}: configuration error: {exc}", file=sys.stderr, flush=True)
+        problems = "; ".join(exc.problems)
+        print(f"gateway worker {args.index}: configuration error: {problems}", file=sys.stderr, flush=True)
+        return 2
+    refusal = fast_path_refusal(fast_path())
+    if refusal is not None:
+        print(f"gateway worker {args.index}: refusing to start: {refusal}", file=sys.stderr, flush=True)
         return 2
     setup_logging(settings.log_level, worker=args.index)
     log = logging.getLogger("gateway.worker")

@@ -65,7 +65,8 @@ def test_a_bad_agents_file_stops_serve_with_one_line(serve, tmp_path: Path):
     path.write_text('[agents.support]\ninstructions = "Hi"\ntools = ["nope"]\n')
     gw = serve("--workers", "1", "--port", "0", GATEWAY_INSECURE_DEV="1", GATEWAY_AGENTS_FILE=str(path))
     assert gw.wait_exit_sync(20) == 2
-    lines = [m for m in gw.messages() if "agents file" in m]
-    expected = (f"gateway: configuration error: agents file {path}: agents.support.tools: no tool named 'nope' "
+    lines = [m.strip() for m in gw.messages() if "agents file" in m]
+    expected = (f"agents file {path}: agents.support.tools: no tool named 'nope' "
                 "(define [tools.nope] or use a built-in: end_call, transfer_call)")
     assert lines == [expected]
+    assert "gateway serve: configuration error (1 problem):" in gw.messages()
