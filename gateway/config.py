@@ -76,6 +76,26 @@ def _public_url_problem(value: str) -> str | None:
     return None
 
 
+def _sid_problem(prefix: str) -> Callable[[str], str | None]:
+    """Twilio SIDs: two letters and 32 hex digits (AC… accounts, SK… API keys)."""
+
+    def problem(value: str) -> str | None:
+        tail = value[2:]
+        if not value.startswith(prefix) or len(tail) != 32 or any(c not in "0123456789abcdef" for c in tail):
+            return f"not a Twilio SID ({prefix} and 32 hex digits)"
+        return None
+
+    return problem
+
+
+def _directory_problem(value: str) -> str | None:
+    if os.path.exists(value) and not os.path.isdir(value):
+        return "exists and is not a directory"
+    if not os.path.exists(value) and not os.path.isdir(os.path.dirname(os.path.abspath(value))):
+        return "neither a directory nor creatable (its parent does not exist)"
+    return None
+
+
 def _number(x: float) -> str:
     return f"{x:g}"
 
@@ -253,16 +273,18 @@ VARIABLES: tuple[Var, ...] = (
         "HMAC key of `X-Gateway-Signature` on tool requests and call-record webhooks (required with HTTP tools).",
         secret=True),
     Var("GATEWAY_CALL_RECORDS_DIR", "call_records_dir", "", str,
-        "Directory of the call records (one JSONL file per UTC day). Empty: not written to disk."),
+        "Directory of the call records (one JSONL file per UTC day). Empty: not written to disk.",
+        check=_directory_problem, allowed="empty or a directory (created if its parent exists)"),
     Var("GATEWAY_CALL_RECORD_WEBHOOK", "call_record_webhook", "", str,
         "URL that receives each call record as a signed JSON POST (retried with backoff). Empty: off.",
         url=("http", "https")),
     Var("TWILIO_ACCOUNT_SID", "twilio_account_sid", "", str,
         "Twilio account for the REST API (hang-up, transfer, outbound calls). Empty: end_call closes the media "
-        "stream instead, transfer_call is unavailable."),
+        "stream instead, transfer_call is unavailable.", check=_sid_problem("AC"),
+        allowed="empty or an account SID (AC and 32 hex digits)"),
     Var("TWILIO_API_KEY", "twilio_api_key", "", str,
         "Twilio API key SID (`SK…`) for the REST API; with TWILIO_API_SECRET. Default: the account SID with "
-        "TWILIO_AUTH_TOKEN."),
+        "TWILIO_AUTH_TOKEN.", check=_sid_problem("SK"), allowed="empty or an API key SID (SK and 32 hex digits)"),
     Var("TWILIO_API_SECRET", "twilio_api_secret", "", str, "Secret of TWILIO_API_KEY.", secret=True),
     Var("TWILIO_API_BASE_URL", "twilio_api_base_url", "https://api.twilio.com", str,
         "Base URL of Twilio's REST API (tests and the demo point it at the REST simulator).",

@@ -34,7 +34,16 @@ def bad_values(var: Var) -> list[tuple[str, str]]:
         out.append(("/nonexistent/ca.pem", "no such readable file"))
     if var.secret:
         out.append(("sk-abc def", "contains spaces or line breaks"))
+    out.extend(CHECKED.get(var.env, []))
     return out
+
+
+# Variables refused by a ``check`` function, with a value each must refuse.
+CHECKED = {
+    "TWILIO_ACCOUNT_SID": [("AC123", "not a Twilio SID")],
+    "TWILIO_API_KEY": [("AC" + "0" * 32, "not a Twilio SID")],
+    "GATEWAY_CALL_RECORDS_DIR": [("/nonexistent/records", "neither a directory nor creatable")],
+}
 
 
 CASES = [(var, value, problem) for var in VARIABLES for value, problem in bad_values(var)]
