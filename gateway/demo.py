@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from . import demo_agents
 from .sim.harness import CallReport, Stack, StackConfig, TruncateCheck
 from .sim.openai_sim import OpenAISimConfig
 from .sim.twilio_record import CallRecord
@@ -199,10 +200,10 @@ async def run_demo(verbose: bool = False, audio_mode: str = "passthrough") -> in
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    if verbose:
-        from .logs import setup_logging
+    from .logs import setup_logging
 
-        setup_logging("INFO")
+    # The gateway's JSON log lines with -v; otherwise only errors (a demo scenario may provoke warnings).
+    setup_logging("INFO" if verbose else "ERROR")
     import _fastpath
 
     log(f"gateway demo: OpenAI simulator (TLS) <-> gateway ({audio_mode}, fast path "
@@ -211,20 +212,29 @@ async def run_demo(verbose: bool = False, audio_mode: str = "passthrough") -> in
     log(f"{len(phases)} calls at once (every barge-in phase), then {len(pair)} call with two items back to back:")
     for line in _scenario_list(1, phases) + _scenario_list(len(phases) + 1, pair):
         log(line)
+    agent_scenarios = demo_agents.scenarios()
+    log(f"then {len(agent_scenarios)} phone-agent calls at once (tools, keypad, hang-up, transfer; Twilio REST "
+        "simulator, a signed tool server):")
+    log("\n".join(f"  {i + 1}. {sc.name}: {sc.explain}" for i, sc in enumerate(agent_scenarios)))
     log("")
     t0 = time.monotonic()
     outcomes = await _run_stack(False, audio_mode, log)
     outcomes += await _run_stack(True, audio_mode, log)
+    runs = await demo_agents.run_agents(log)
     log(_summary(outcomes))
+    log(demo_agents.summary(runs))
+    log(demo_agents.sample_record(runs))
     failed = [o for o in outcomes if o.failures]
+    failed_agents = [r for r in runs if r.problems]
     errors = [t for o in outcomes for t in o.report.truncates]
     worst = max((abs(t.error_ms) for t in errors), default=0.0)
     problems = sum(len(o.report.problems) for o in outcomes)
-    log(f"\n{len(outcomes) - len(failed)}/{len(outcomes)} scenarios correct in {time.monotonic() - t0:.1f} s; "
-        f"worst truncate error {worst:.1f} ms (target ≤ {TOLERANCE_MS:.0f} ms); "
+    total = len(outcomes) + len(runs)
+    log(f"\n{total - len(failed) - len(failed_agents)}/{total} scenarios correct in "
+        f"{time.monotonic() - t0:.1f} s; worst truncate error {worst:.1f} ms (target ≤ {TOLERANCE_MS:.0f} ms); "
         f"audio lost/duplicated, late audio played, protocol violations, upstream errors: "
         f"{problems or 'none'}")
-    return 1 if failed else 0
+    return 1 if failed or failed_agents else 0
 
 
 if __name__ == "__main__":

@@ -230,7 +230,9 @@ class AgentCall(CallBehaviour):
         key = (record.name, record.status)
         self._stats.tool_calls[key] = self._stats.tool_calls.get(key, 0) + 1
         self._stats.tool_latency_s.append((record.name, result.latency_s))
-        if not result.ok:
+        if result.status is ToolStatus.REFUSED:  # the model asked for what the agent may not do
+            log.info("tool %s: %s", record.name, result.status, extra=self._extra())
+        elif not result.ok:
             log.warning("tool %s: %s", record.name, result.status, extra=self._extra())
         self._call.send_upstream(oa.function_call_output(record.call_id, result.output))
         if respond:

@@ -693,6 +693,8 @@ class SimSession(WSListener):
         if {"format", "turn_detection"} & set(audio.get("input", {})):
             self._vad_resync()
         self._send("session.updated", session=cfg)
+        if self.sim.on_session_update is not None:
+            self.sim.on_session_update(self)
 
     def _both_modalities(self, params: dict[str, Any], param: str, event_id: str | None) -> bool:
         """The API answers audio or text, never both at once: error out on ``["text", "audio"]``."""
@@ -1429,6 +1431,9 @@ class OpenAIRealtimeSim:
         self.sessions: list[SimSession] = []  # in connection order
         self.rejected: list[RejectedUpgrade] = []
         self.on_session: Callable[[SimSession], None] | None = None  # called after session.created is sent
+        # called after each session.update is applied (a test or the demo may pick the script from
+        # the instructions the client sent)
+        self.on_session_update: Callable[[SimSession], None] | None = None
         self.url = ""
         self._server: asyncio.Server | None = None
         self._pacer: _Pacer | None = None
