@@ -73,6 +73,7 @@ class Call:
         tokens: TokenVerifier,
         on_end: Callable[[Call], None] | None = None,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
+        admit: Callable[[Call, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.state = State.CONNECTED
@@ -90,6 +91,7 @@ class Call:
         self._tokens = tokens
         self._on_end = on_end
         self._call_later = call_later
+        self._admit = admit  # the control plane's say on `start`; None: admitted at once
         self._up: Sender | None = None
         self._direct_up: Sender | None = None  # set while streaming one frame per append: the hot path
         self._connecting: Any = None  # handle of the upstream connect in progress (has .cancel())
@@ -171,7 +173,21 @@ class Call:
         log.info("stream started", extra=self.log_extra())
         # Probe marks on the empty buffer measure the latency to Twilio before any audio.
         self.playout.probe_burst()
-        self._connecting = self._open_upstream(self, plan.model)
+        if self._admit is None:
+            self.admitted(None)
+        else:  # caller audio is held meanwhile (CallerAudio), nothing is lost
+            self._admit(self, params.get(TOKEN_PARAMETER, ""))
+
+    def admitted(self, refusal: EndReason | None) -> None:
+        """The control plane's answer to this call's `start`: open the upstream, or end the call."""
+        if self.state is not State.STARTING:
+            return
+        if refusal is not None:
+            log.warning("media stream refused by the control plane: %s", refusal, extra=self.log_extra())
+            self.end(refusal)
+            return
+        assert self._plan is not None
+        self._connecting = self._open_upstream(self, self._plan.model)
 
     def _on_media(self, event: tw.Media) -> None:
         self.stats.frames_in += 1

@@ -151,9 +151,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     setup_logging(settings.log_level, worker="supervisor")
     Summary.build(settings, workers, origin, fast, agents).emit(log)
+    from .control.setup import pod_name
     from .runtime.supervisor import Supervisor
 
-    return Supervisor(workers, settings.host, settings.port, drain_timeout_s=settings.drain_timeout_s).run()
+    return Supervisor(workers, settings.host, settings.port, drain_timeout_s=settings.drain_timeout_s,
+                      max_calls=settings.max_calls, pod=pod_name(settings)).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

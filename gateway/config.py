@@ -88,6 +88,11 @@ def _sid_problem(prefix: str) -> Callable[[str], str | None]:
     return problem
 
 
+def _pod_name_problem(value: str) -> str | None:
+    ok = len(value) <= 128 and all(c.isascii() and (c.isalnum() or c in ".-_") for c in value)
+    return None if ok else "not a name of letters, digits, '.', '-' and '_'"
+
+
 def _directory_problem(value: str) -> str | None:
     if os.path.exists(value) and not os.path.isdir(value):
         return "exists and is not a directory"
@@ -289,11 +294,22 @@ VARIABLES: tuple[Var, ...] = (
     Var("TWILIO_API_BASE_URL", "twilio_api_base_url", "https://api.twilio.com", str,
         "Base URL of Twilio's REST API (tests and the demo point it at the REST simulator).",
         url=("http", "https"), required=True),
+    Var("GATEWAY_REDIS_URL", "redis_url", "", str,
+        "Redis of the control plane shared by every pod (call registry, routed commands, cluster-wide token "
+        "replay protection and GATEWAY_CLUSTER_MAX_CALLS). Empty: the pod is the whole control plane.",
+        secret=True, url=("redis", "rediss")),
+    Var("GATEWAY_CLUSTER_MAX_CALLS", "cluster_max_calls", 0, parse_int,
+        "Concurrent calls across every pod (e.g. the Twilio account's limit); needs GATEWAY_REDIS_URL. 0: no cap.",
+        minimum=0),
+    Var("GATEWAY_POD_NAME", "pod_name", "", str,
+        "This instance's name in the call registry. Empty: the host name (the pod's name on Kubernetes).",
+        check=_pod_name_problem, allowed="empty or up to 128 letters, digits, '.', '-', '_'"),
     Var("GATEWAY_LOG_LEVEL", "log_level", "INFO", parse_upper, "Log level (any case).", choices=LOG_LEVELS),
     Var("GATEWAY_WORKERS", "workers", 0, parse_int, "Worker processes of `gateway serve` (0 = one per CPU core).",
         minimum=0, maximum=256),
     Var("GATEWAY_MAX_CALLS", "max_calls", 2000, parse_int,
-        "Concurrent calls per worker; beyond it media sockets get 503 and the webhook a busy `<Reject>`.", minimum=1),
+        "Concurrent calls per pod (all workers of one `gateway serve`); beyond it the webhook answers a busy "
+        "`<Reject>`, `/readyz` 503.", minimum=1),
     Var("GATEWAY_DRAIN_TIMEOUT_S", "drain_timeout_s", 600.0, parse_float,
         "On SIGTERM: how long active calls may continue before they are ended.", minimum=0),
 )
@@ -337,6 +353,9 @@ class Settings:
     twilio_api_key: str = ""
     twilio_api_secret: str = dataclasses.field(default="", repr=False)
     twilio_api_base_url: str = "https://api.twilio.com"
+    redis_url: str = dataclasses.field(default="", repr=False)
+    cluster_max_calls: int = 0
+    pod_name: str = ""
     log_level: str = "INFO"
     workers: int = 0
     max_calls: int = 2000
@@ -405,6 +424,9 @@ class Settings:
         on its own) are skipped."""
         out: list[str] = []
         involved = {"twilio_auth_token", "insecure_dev"}
+        if self.cluster_max_calls and not self.redis_url and "redis_url" not in wrong:
+            out.append("GATEWAY_CLUSTER_MAX_CALLS needs GATEWAY_REDIS_URL: only the cluster's registry can count "
+                       "every pod's calls")
         if self.twilio_api_key and not self.twilio_api_secret and "twilio_api_secret" not in wrong:
             out.append("TWILIO_API_KEY is set without TWILIO_API_SECRET: the REST API needs both")
         if not self.twilio_auth_token and not self.insecure_dev and not involved & set(wrong):

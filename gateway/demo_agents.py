@@ -179,7 +179,8 @@ async def run_agents(log: Callable[[str], None]) -> list[AgentRun]:
                 stack.openai.on_session_update = pick_script
                 records = await asyncio.gather(*(stack.start_call(sc.call).wait() for sc in listed))
                 rest = stack.twilio_rest
-                assert rest is not None
+                assert rest is not None and stack.gateway is not None
+                await stack.gateway.agents.records.flush()  # the file sink writes on its own thread
                 call_records = _read_records(Path(work))
                 for sc, record in zip(listed, records, strict=True):
                     run = AgentRun(sc, record, stack.session_for(record.call_sid),

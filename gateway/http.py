@@ -2,7 +2,7 @@
 
 Routes:
   POST /twilio/voice                 TwiML that connects the call to our media socket
-  POST /calls/{call_sid}/interrupt   control API (bearer GATEWAY_CONTROL_TOKEN; 403 when it is unset)
+  GET/POST /calls...                 control API (gateway.control.api; bearer GATEWAY_CONTROL_TOKEN)
   GET  /healthz                      the process is alive
   GET  /readyz                       ready for new calls (503 while draining or at capacity)
   GET  /metrics                      Prometheus exposition (all workers in multiprocess mode)
@@ -10,7 +10,6 @@ The media socket itself (/twilio/media) is served by picows on the same port (se
 """
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import time
@@ -21,8 +20,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from multidict import MultiDict
 
-from .call import State
-from .outcomes import RejectReason, Trigger
+from .control.api import routes as control_routes
+from .outcomes import RejectReason
 from .twilio import tokens, twiml
 from .twilio.signature import validate_signature
 
@@ -108,7 +107,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     call_sid = params.get("CallSid", "")
     if not call_sid:
         raise web.HTTPBadRequest(text="missing CallSid")
-    reason = gw.admission_refusal()
+    reason = await gw.webhook_refusal(call_sid)
     if reason is not None:
         gw.count_rejected(reason)
         log.warning("call %s refused at webhook: %s", call_sid, reason)
@@ -124,23 +123,6 @@ async def voice_webhook(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="text/xml")
 
 
-async def interrupt_call(request: web.Request) -> web.Response:
-    gw: Gateway = request.app[GATEWAY_KEY]
-    token = gw.settings.control_token
-    if not token:
-        raise web.HTTPForbidden(text="control API disabled: GATEWAY_CONTROL_TOKEN is not set on this gateway\n")
-    supplied = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
-        raise web.HTTPUnauthorized(text="bearer token required", headers={"WWW-Authenticate": "Bearer"})
-    call = gw.calls_by_sid.get(request.match_info["call_sid"])
-    if call is None:
-        raise web.HTTPNotFound(text="no such call on this instance")
-    if call.state is not State.STREAMING:
-        raise web.HTTPConflict(text=f"call is {call.state.value}")
-    acted = call.interrupt(Trigger.CONTROL_API)
-    return web.json_response({"call_sid": call.call_sid, "interrupted": acted})
-
-
 async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -154,7 +136,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gw: Gateway = request.app[GATEWAY_KEY]
-    reason = gw.admission_refusal()
+    reason = await gw.readiness()
     if reason is None:
         return web.Response(text="ready\n")
     return web.Response(status=503, text=f"not ready: {reason}\n")
@@ -164,7 +146,7 @@ def make_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[GATEWAY_KEY] = gateway
     app.router.add_post(VOICE_PATH, voice_webhook)
-    app.router.add_post("/calls/{call_sid}/interrupt", interrupt_call)
+    app.router.add_routes(control_routes(GATEWAY_KEY))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

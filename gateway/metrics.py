@@ -33,6 +33,7 @@ LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CONNECT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 OFFSET_BUCKETS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+ROUTING_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
 TOOL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
@@ -111,6 +112,14 @@ METRICS: tuple[Metric, ...] = (
            flush=(Flush("dtmf_digits"),)),
     Metric("gateway_call_records_total", Kind.COUNTER, "Call records written or sent, by sink and result.",
            ("sink", "result")),
+    Metric("gateway_control_commands_total", Kind.COUNTER, "Control API commands, by verb and HTTP status.",
+           ("verb", "result")),
+    Metric("gateway_control_routing_seconds", Kind.HISTOGRAM,
+           "Control command latency from the request to the owner's answer, by route (local, pod, cluster).",
+           ("route",), buckets=ROUTING_BUCKETS),
+    Metric("gateway_registry_errors_total", Kind.COUNTER,
+           "Call-registry (Redis) operations that failed, by operation: calls go on, remote control does not.",
+           ("op",)),
     Metric("gateway_rejected_calls_total", Kind.COUNTER, "Calls refused at webhook or upgrade, by reason.",
            ("reason",)),
     Metric("gateway_event_loop_lag_seconds", Kind.HISTOGRAM, "Lateness of the worker's housekeeping timer.",
@@ -238,6 +247,10 @@ class GatewayMetrics:
         """An event counted where it happens (not per call): ``count("gateway_call_records_total", "file", "ok")``."""
         metric = self.objects[name]
         (metric.labels(*labels) if labels else metric).inc()
+
+    def observe(self, name: str, value: float, *labels: str) -> None:
+        metric = self.objects[name]
+        (metric.labels(*labels) if labels else metric).observe(value)
 
     # ------------------------------------------------------------------ the periodic flush
     def flush(self, calls: Iterable[Call], loop_lag_s: float | None = None) -> None:

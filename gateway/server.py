@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -20,8 +21,12 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 
 from .agents.profiles import Agents, load
 from .agents.services import AgentServices
-from .call import Call
+from .call import Call, State
 from .config import Settings
+from .control import commands
+from .control.model import CallInfo, Verb
+from .control.plane import ControlPlane
+from .control.setup import ADMISSION_REFUSALS, make_plane
 from .http import MEDIA_PATH, forwarded_base, make_app, media_url
 from .metrics import GatewayMetrics
 from .openai.upstream import UpstreamConnector
@@ -30,7 +35,7 @@ from .picows_adapter import check_server_protocol, server_protocol_factory
 from .sender import Sender
 from .twilio.media import TwilioMediaListener
 from .twilio.signature import validate_signature
-from .twilio.tokens import TokenVerifier
+from .twilio.tokens import TokenVerifier, expiry_of
 
 log = logging.getLogger("gateway.server")
 MEDIA_PATHS = (MEDIA_PATH.encode(), MEDIA_PATH.encode() + b"/")
@@ -108,7 +113,7 @@ class PortDispatcher(asyncio.Protocol):
 class Gateway:
     """The calls of one worker process and the servers that feed them."""
 
-    def __init__(self, settings: Settings, agents: Agents | None = None) -> None:
+    def __init__(self, settings: Settings, agents: Agents | None = None, plane: ControlPlane | None = None) -> None:
         self.settings = settings
         self.calls: set[Call] = set()
         self.rejected: dict[RejectReason, int] = {}
@@ -122,6 +127,9 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.agents = AgentServices(settings, agents if agents is not None else load(settings),
                                     lambda sink, result: self.metrics.count("gateway_call_records_total", sink, result))
+        self.plane = plane if plane is not None else make_plane(settings, self.metrics)
+        self._by_sid: dict[str, Call] = {}  # admitted calls of this worker
+        self._admissions: set[asyncio.Task[None]] = set()
         self._app = make_app(self)
         self._runner: web.AppRunner | None = None
         self._servers: list[asyncio.AbstractServer] = []
@@ -138,20 +146,55 @@ class Gateway:
     # ------------------------------------------------------------------ registry / admission
     @property
     def calls_by_sid(self) -> dict[str, Call]:
-        return {c.call_sid: c for c in self.calls if c.call_sid}
+        return dict(self._by_sid)
 
     def admission_refusal(self) -> RejectReason | None:
-        """Reason to refuse a new call, or None to accept it."""
+        """This worker's own reason to refuse a new media socket (the pod's exact count decides at
+        the webhook and at `start`, through the control plane)."""
         if self.draining:
             return RejectReason.DRAINING
         if len(self.calls) >= self.settings.max_calls:
             return RejectReason.CAPACITY
         return None
 
-    @property
-    def ready(self) -> bool:
-        """Readiness for new calls: false while draining or at the admission limit."""
-        return self.admission_refusal() is None
+    async def webhook_refusal(self, call_sid: str) -> RejectReason | None:
+        """Reason to refuse the webhook of ``call_sid`` (pod and cluster limits), or None."""
+        local = self.admission_refusal()
+        if local is not None:
+            return local
+        reason = await self.plane.reserve(call_sid)
+        return None if reason is None else RejectReason(reason)
+
+    async def readiness(self) -> RejectReason | None:
+        """Why this pod takes no new calls now (draining, or full), or None when it does."""
+        if self.draining:
+            return RejectReason.DRAINING
+        counts = await self.plane.counts()
+        if counts.get("live", 0) + counts.get("reserved", 0) >= counts.get("max", self.settings.max_calls):
+            return RejectReason.CAPACITY
+        return None
+
+    def _admit(self, call: Call, token: str) -> None:
+        """Ask the control plane whether the call's `start` may stream (pod count, one socket per
+        CallSid, one use per token), then tell the call."""
+        task = asyncio.get_running_loop().create_task(self._admission(call, token))
+        self._admissions.add(task)
+        task.add_done_callback(self._admissions.discard)
+
+    async def _admission(self, call: Call, token: str) -> None:
+        assert call.call_sid is not None
+        info = CallInfo(call_sid=call.call_sid, stream_sid=call.stream_sid or "", agent=call.stats.agent or "",
+                        started_at=time.time(), state="streaming")
+        refusal = await self.plane.start_call(info, token, expiry_of(token))
+        if refusal is None and call.state is State.STARTING:
+            self._by_sid[call.call_sid] = call
+        elif refusal is None:  # it ended while the plane answered
+            self.plane.end_call(call.call_sid)
+        call.admitted(None if refusal is None else ADMISSION_REFUSALS.get(refusal, EndReason.OVER_CAPACITY))
+
+    async def execute(self, call_sid: str, verb: Verb, args: dict[str, Any]) -> dict[str, Any]:
+        """A control command for a call of this worker (``control.commands``)."""
+        return commands.execute(self._by_sid.get(call_sid), call_sid, verb, args)
 
     async def drain(self, timeout_s: float) -> int:
         """Refuse new calls, let active ones finish for up to ``timeout_s``, then end the rest.
@@ -184,13 +227,16 @@ class Gateway:
         agents = self.agents
         call = Call(self.settings, sender, loop.time, self.upstream.open,
                     lambda c, claims: agents.behaviour(c, c.stats, claims), self.tokens, self._call_ended,
-                    loop.call_later)
+                    loop.call_later, self._admit)
         self.calls.add(call)
         self.metrics.call_started(call)
         return call
 
     def _call_ended(self, call: Call) -> None:
         self.calls.discard(call)
+        if call.call_sid is not None and self._by_sid.get(call.call_sid) is call:
+            del self._by_sid[call.call_sid]
+            self.plane.end_call(call.call_sid)
         if self._idle is not None and not self.calls:
             self._idle.set()
         outcome = call.outcome or "unknown"
@@ -233,6 +279,8 @@ class Gateway:
                     sock: socket.socket | None = None) -> int:
         """Listen on the one public port; returns the bound port."""
         check_server_protocol(self.websocket_protocol)
+        await self.plane.start()
+        self.plane.serve_commands(self.execute)
         self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
         await self._runner.setup()
         loop = asyncio.get_running_loop()
@@ -280,6 +328,10 @@ class Gateway:
             call.end(EndReason.SHUTDOWN)
         await self.upstream.aclose()
         await self.agents.aclose()
+        for task in list(self._admissions):
+            task.cancel()
+        await asyncio.gather(*self._admissions, return_exceptions=True)
+        await self.plane.aclose()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

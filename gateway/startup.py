@@ -164,7 +164,7 @@ class Summary:
             "listen": self.listen,
             "workers": self.workers,
             "workers_from": self.workers_origin,
-            "max_calls_per_worker": s.max_calls,
+            "max_calls_per_pod": s.max_calls,
             "public_url": s.public_url,
             "stream_url": self.stream_url,
             "webhook_url": self.webhook_url,
@@ -189,7 +189,7 @@ class Summary:
             "PCM16 24 kHz upstream, transcoded here"
         return [
             ("listen", (f"{self.listen} · {self.workers} worker{plural} ({self.workers_origin}) · "
-                       f"up to {s.max_calls} calls per worker")),
+                       f"up to {s.max_calls} calls in all")),
             ("public URL", public),
             ("webhook", f"{self.webhook_url}  (Twilio console: A call comes in → Webhook, HTTP POST)"),
             ("stream URL", self.stream_url),

@@ -118,15 +118,19 @@ class RecordSinks:
         log.error("call record not delivered to the webhook: %s", reason)
         return False
 
-    async def aclose(self) -> None:
-        """Finish what is in flight (bounded), then stop."""
+    async def flush(self) -> None:
+        """Wait (bounded) until every record submitted so far is written and delivered or failed."""
         if self._pending_files:
             await asyncio.wait(set(self._pending_files), timeout=DRAIN_S)
         if self._queue is not None:  # join also waits for deliveries in flight
             try:
                 await asyncio.wait_for(self._queue.join(), DRAIN_S)
             except TimeoutError:
-                log.error("stopping with call records not delivered to the webhook (%d queued)", self._queue.qsize())
+                log.error("call records not delivered to the webhook yet (%d queued)", self._queue.qsize())
+
+    async def aclose(self) -> None:
+        """Finish what is in flight (bounded), then stop."""
+        await self.flush()
         for task in self._senders:
             task.cancel()
         if self._senders:

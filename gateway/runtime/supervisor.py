@@ -55,6 +55,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..control.hub import PodHub
+from ..control.setup import HUB_ENV
+from ..outcomes import Outcome
+
 log = logging.getLogger("gateway.supervisor")
 
 READY_TIMEOUT_S = 30.0
@@ -144,7 +148,7 @@ class Supervisor:
 
     def __init__(self, workers: int, host: str, port: int, *, drain_timeout_s: float = 600.0,
                  ready_timeout_s: float = READY_TIMEOUT_S, worker_cmd: Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, max_calls: int | None = None, pod: str = "") -> None:
         if workers < 1:
             raise ValueError("at least one worker")
         if port == 0 and workers > 1:
@@ -159,7 +163,13 @@ class Supervisor:
         self.restart_count = 0
         # Callables (index, pid) run by on_worker_restart, e.g. a Prometheus counter's inc.
         self.restart_hooks: list[Callable[[int, int], None]] = [self._count_restart]
+        # The pod's hub (control plane) when max_calls is given: gateway serve always gives it.
+        self._hub_max_calls = max_calls
+        self._pod = pod
+        self.hub: PodHub | None = None
+        self._hub_dir: str | None = None
         self._restart_counter: Any = None  # prometheus Counter, created on the first restart
+        self._ended_counter: Any = None  # gateway_calls_ended_total, for calls of dead workers
         self._phase = "starting"  # starting → running → stopping | failing
         self._signal: int | None = None
         self._extra_signal: int | None = None
@@ -223,7 +233,41 @@ class Supervisor:
         if self.metrics_dir:
             log.info("prometheus multiprocess mode: %s=%s", MULTIPROC_ENV, self.metrics_dir)
 
+    async def _start_hub(self) -> None:
+        """The pod's control plane on a private Unix socket the workers connect to (``control.hub``)."""
+        if self._hub_max_calls is None:
+            return
+        self._hub_dir = tempfile.mkdtemp(prefix="gateway-hub-")  # mode 0700: only this user's processes
+        path = os.path.join(self._hub_dir, "hub.sock")
+        self.hub = PodHub(path, self._hub_max_calls, self._pod, self._calls_lost)
+        await self.hub.start()
+        self.env[HUB_ENV] = path
+        log.info("pod hub on %s (up to %d calls in the pod)", path, self._hub_max_calls)
+
+    def _calls_lost(self, index: int, lost: int) -> None:
+        """A dead worker's calls are counted as ended (its own process can no longer do it)."""
+        if self.metrics_dir is None:
+            return
+        if self._ended_counter is None:
+            from ..metrics import BY_NAME, make
+
+            self._ended_counter = make(BY_NAME["gateway_calls_ended_total"], None)
+        self._ended_counter.labels(Outcome.WORKER_LOST).inc(lost)
+
+    async def _stop_hub(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()
+        if self._hub_dir is not None:
+            shutil.rmtree(self._hub_dir, ignore_errors=True)
+
     async def _main(self) -> int:
+        try:
+            await self._start_hub()
+            return await self._supervise()
+        finally:
+            await self._stop_hub()
+
+    async def _supervise(self) -> int:
         self._loop = loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

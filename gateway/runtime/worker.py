@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..logs import setup_logging
     from ..startup import fast_path, fast_path_refusal
 
+    os.environ["GATEWAY_WORKER_INDEX"] = str(args.index)  # control.setup: this worker's place in the pod
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -69,9 +69,9 @@ class TwilioRest:
     async def redirect(self, call_sid: str, twiml: str) -> None:
         await self._update(call_sid, twiml=twiml)
 
-    async def create(self, to: str, from_: str, twiml: str, status_callback: str | None = None) -> str:
-        """Place an outbound call running ``twiml``; returns its CallSid."""
-        kwargs: dict[str, Any] = {"to": to, "from_": from_, "twiml": twiml}
+    async def create(self, to: str, from_: str, url: str, status_callback: str | None = None) -> str:
+        """Place an outbound call whose TwiML Twilio fetches from ``url``; returns its CallSid."""
+        kwargs: dict[str, Any] = {"to": to, "from_": from_, "url": url}
         if status_callback:
             kwargs["status_callback"] = status_callback
         call = await _guarded("create call", self._client.calls.create_async(**kwargs))

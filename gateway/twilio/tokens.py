@@ -82,6 +82,12 @@ class TokenVerifier:
         return claims
 
 
+def expiry_of(token: str) -> float:
+    """The unix expiry a token names (0 if it names none): how long its use must be remembered."""
+    parts = _split(token) if token else None
+    return float(parts[0]) if parts else 0.0
+
+
 def _split(token: str) -> tuple[int, str, str] | None:
     """(expiry, claims, mac) of a well-formed token, None otherwise."""
     if len(token) > MAX_TOKEN or token.count(".") != 2:

@@ -43,6 +43,7 @@ CHECKED = {
     "TWILIO_ACCOUNT_SID": [("AC123", "not a Twilio SID")],
     "TWILIO_API_KEY": [("AC" + "0" * 32, "not a Twilio SID")],
     "GATEWAY_CALL_RECORDS_DIR": [("/nonexistent/records", "neither a directory nor creatable")],
+    "GATEWAY_POD_NAME": [("pod:1", "not a name")],
 }
 
 

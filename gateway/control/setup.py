@@ -1,0 +1,42 @@
+"""Which control plane a worker runs, from the settings and its place in ``gateway serve``."""
+from __future__ import annotations
+
+import os
+import socket
+
+from ..config import Settings
+from ..metrics import GatewayMetrics
+from ..outcomes import EndReason
+from .plane import ControlPlane, LocalPlane, PodPlane
+
+HUB_ENV = "GATEWAY_HUB_SOCKET"  # set by the supervisor for its workers (not a user setting)
+WORKER_ENV = "GATEWAY_WORKER_INDEX"
+
+# The control plane's refusals at `start`, as the call's end reason.
+ADMISSION_REFUSALS = {
+    "duplicate": EndReason.DUPLICATE_STREAM,
+    "replayed": EndReason.TOKEN_REPLAYED_ELSEWHERE,
+    "capacity": EndReason.OVER_CAPACITY,
+}
+
+
+def pod_name(settings: Settings) -> str:
+    return settings.pod_name or socket.gethostname()
+
+
+def make_plane(settings: Settings, metrics: GatewayMetrics) -> ControlPlane:
+    """The pod's hub if this process is a worker of ``gateway serve``, else this process alone;
+    wrapped by the Redis cluster plane when ``GATEWAY_REDIS_URL`` is set."""
+    worker = int(os.environ.get(WORKER_ENV, "0"))
+    hub = os.environ.get(HUB_ENV, "")
+    plane: ControlPlane
+    if hub:
+        plane = PodPlane(settings.max_calls, pod_name(settings), worker, hub)
+    else:
+        plane = LocalPlane(settings.max_calls, pod_name(settings), worker)
+    if settings.redis_url:
+        from .redis_plane import ClusterPlane
+
+        plane = ClusterPlane(plane, settings.redis_url, settings.cluster_max_calls,
+                             lambda op: metrics.count("gateway_registry_errors_total", op))
+    return plane
