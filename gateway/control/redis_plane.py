@@ -117,6 +117,7 @@ class ClusterPlane(ControlPlane):
         return None if admitted else "cluster_capacity"
 
     async def start_call(self, info: CallInfo, token: str, token_expiry: float) -> str | None:
+        info = msgspec.structs.replace(info, pod=self.pod, worker=self.worker)
         reason = await self._inner.start_call(info, token, token_expiry)
         if reason is not None:
             return reason
@@ -165,7 +166,9 @@ class ClusterPlane(ControlPlane):
                     key = call_key(info.call_sid)
                     pipe.hset(key, mapping={k: str(v) for k, v in info_dict(info).items()})
                     pipe.expire(key, TTL_S)
-                    pipe.expire(f"gw:owner:{info.call_sid}", TTL_S)
+                    owner = f"gw:owner:{info.call_sid}"
+                    pipe.set(owner, f"{self.pod}:{self.worker}", nx=True, ex=TTL_S)  # again after a Redis restart
+                    pipe.expire(owner, TTL_S)
                     pipe.zadd("gw:calls", {info.call_sid: expiry})
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
