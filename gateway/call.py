@@ -53,6 +53,20 @@ BENIGN_UPSTREAM_ERRORS = frozenset(
 FATAL_UPSTREAM_ERRORS = frozenset({"session_expired", "beta_api_shape_disabled"})
 
 
+class _Timer:
+    """A timer of the call (``Call.call_later``). Cancelling it also forgets it: the call keeps only
+    timers that may still fire (an agent re-arms its keypad timer on every digit)."""
+
+    __slots__ = ("_call", "_handle")
+
+    def __init__(self, call: Call, handle: Any) -> None:
+        self._call, self._handle = call, handle
+
+    def cancel(self) -> None:
+        self._call._timers.discard(self)
+        self._handle.cancel()
+
+
 class State(enum.Enum):
     CONNECTED = "connected"  # Twilio socket open, waiting for `start`
     STARTING = "starting"  # `start` accepted, upstream session opening
@@ -103,7 +117,7 @@ class Call:
         self._frames_seen_at = self.started_at
         self._after_playout: list[Callable[[], None]] = []
         self._expected_end: EndReason | None = None  # what Twilio's coming stop/close means
-        self._timers: set[Any] = set()
+        self._timers: set[_Timer] = set()
         self._local_seq = 0
 
     def _configure_audio(self, transcode: bool) -> None:
@@ -437,13 +451,13 @@ class Call:
         assert self._call_later is not None, "timers need a loop"
 
         def fire() -> None:
-            self._timers.discard(handle)
+            self._timers.discard(timer)
             if self.state is not State.ENDED:
                 callback()
 
-        handle = self._call_later(delay_s, fire)
-        self._timers.add(handle)
-        return handle
+        timer = _Timer(self, self._call_later(delay_s, fire))
+        self._timers.add(timer)
+        return timer
 
     def send_upstream(self, data: bytes) -> None:
         if self._up is not None:
@@ -497,7 +511,7 @@ class Call:
             self._connecting.cancel()
             self._connecting = None
         self.playout.stop()
-        for timer in self._timers:
+        for timer in list(self._timers):
             timer.cancel()
         self._timers.clear()
         self._after_playout.clear()
