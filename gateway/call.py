@@ -430,8 +430,9 @@ class Call:
         responses = self.responses
         done: list[Truncation] = []
         for item_id, content_index, audio_end_ms in plan:
-            responses.interrupted_items.add(item_id)
             produced_ms = self.playout.produced.pop(item_id, None)
+            if produced_ms is not None or item_id in responses.item_response:
+                responses.interrupted_items.add(item_id)  # more may come: drop it (forgotten at response.done)
             if not responses.truncatable(item_id):
                 continue  # local audio, or an out-of-band response's: not in the conversation
             if audio_end_ms == 0 and action != "truncate":

@@ -27,3 +27,28 @@ def test_cancelled_timers_are_forgotten(machine):
     pressed = [m for m in h.upstream_log if b"The caller pressed" in m]
     assert len(pressed) == 1 and b"1 2 3 4 #" in pressed[0]
     assert len(timers) == 1
+
+
+def test_items_heard_after_generation_are_not_remembered(machine):
+    """A barge-in after generation (Twilio still playing a finished response) marked the items it
+    truncated as interrupted for the rest of the call: one entry per such barge-in, never freed
+    (their response.done, where the call forgets a response's items, had already passed)."""
+    h = configure(machine)
+    machine.model_turn(answer=False, deltas=3, end="done", items=2, size=800, tool="none")
+    machine.speech_started()  # Twilio still holds the audio: clear, truncate both items
+    assert h.counts.get("twilio clear") == 1
+    assert len(h.call.stats.truncations) == 2
+    assert h.call.responses.interrupted_items == set()
+
+
+def test_a_barge_in_during_generation_still_drops_late_deltas(machine):
+    """(The fix above must keep this:) items still generating stay interrupted until their
+    response.done, so the deltas already in flight never reach the caller."""
+    h = configure(machine)
+    machine.model_turn(answer=False, deltas=2, end="open", items=1, size=800, tool="none")
+    machine.speech_started()
+    sent = media_sent(h)
+    machine.audio_delta(item="latest", content_index=0, size=800, shape="compact", index=0, repeat=3)
+    assert media_sent(h) == sent and h.call.stats.deltas_dropped == 3
+    machine.response_done(response="active", status="cancelled", output="message", usage="none", index=0)
+    assert h.call.responses.interrupted_items == set()
