@@ -475,7 +475,9 @@ class Call:
     def play_local(self, tag: str, ulaw: bytes) -> None:
         if self.state is State.STREAMING and ulaw:
             self._local_seq += 1
-            self.playout.deliver(f"{LOCAL_PREFIX}{tag}-{self._local_seq}", 0, ulaw, len(ulaw) / 8.0)
+            item_id = f"{LOCAL_PREFIX}{tag}-{self._local_seq}"
+            self.playout.deliver(item_id, 0, ulaw, len(ulaw) / 8.0)
+            self.playout.produced.pop(item_id, None)  # complete at once: not an item still generating
 
     def stop_local(self) -> None:
         if self.state is State.STREAMING:

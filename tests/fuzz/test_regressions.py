@@ -52,3 +52,16 @@ def test_a_barge_in_during_generation_still_drops_late_deltas(machine):
     assert media_sent(h) == sent and h.call.stats.deltas_dropped == 3
     machine.response_done(response="active", status="cancelled", output="message", usage="none", index=0)
     assert h.call.responses.interrupted_items == set()
+
+
+def test_the_hold_tone_leaves_no_bookkeeping(machine):
+    """Every period of the hold tone (``filler.kind = "tone"``) stayed in ``Playout.produced`` (the
+    model audio forwarded per item still generating) until the call ended: local audio is complete
+    when it is sent, and nothing ever forgot it."""
+    h = configure(machine, agent="full", filler="tone")
+    machine.model_turn(answer=False, deltas=1, end="done", items=1, size=800, tool="lookup")
+    sent = media_sent(h)
+    for _ in range(5):
+        machine.advance(dt=1.0, tick=False)  # the tone starts after 0.5 s, one period every 2 s
+    assert media_sent(h) - sent == 3
+    assert h.call.playout.produced == {}
