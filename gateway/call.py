@@ -481,7 +481,9 @@ class Call:
 
     def stop_local(self) -> None:
         if self.state is State.STREAMING:
-            self.playout.clear(self._clock())
+            plan = self.playout.clear(self._clock())
+            if plan and self._up is not None:  # model audio the clear cut: the model forgets it too
+                self._truncate(self._up, plan)
 
     def after_playout(self, callback: Callable[[], None], max_wait_s: float) -> None:
         self._after_playout.append(callback)

@@ -9,6 +9,8 @@ from typing import Any
 
 from fuzz_helpers import configure
 
+from gateway.outcomes import ToolStatus
+
 
 def media_sent(h: Any) -> int:
     return h.counts.get("twilio media", 0)
@@ -65,3 +67,32 @@ def test_the_hold_tone_leaves_no_bookkeeping(machine):
         machine.advance(dt=1.0, tick=False)  # the tone starts after 0.5 s, one period every 2 s
     assert media_sent(h) - sent == 3
     assert h.call.playout.produced == {}
+
+
+def test_stopping_the_filler_truncates_the_model_audio_it_cuts(machine):
+    """When a tool answered, ``stop_local`` cleared everything Twilio held and told the model
+    nothing. The fuzzer's shrunk case: the model's own "let me check" (the response that called
+    the tool) was still playing, the speech filler had been asked for, the tool answered, the clear
+    cut the model's words and the model believed the caller had heard them all. The clear's plan
+    now truncates what it cut, as a barge-in does."""
+    h = configure(machine, agent="full", filler="speech", vad_interrupt_response=False)
+    machine.model_turn(answer=False, deltas=3, end="done", items=1, size=800, tool="lookup")  # 300 ms
+    machine.advance(dt=0.5, tick=False)  # the filler is asked for
+    machine.tool_answers(index=0, status=ToolStatus.OK)  # the filler stops: clear
+    assert h.counts.get("twilio clear") == 1
+    [(item, heard_ms)] = h.call.stats.truncations
+    assert item == h.items[0] and 0 <= heard_ms < 300
+
+
+def test_stopping_the_hold_tone_truncates_the_model_audio_it_cuts(machine):
+    """The same with the hold tone, and an answer of the model queued behind it (the caller spoke
+    while the tool ran): the answer is cut before a word of it played."""
+    h = configure(machine, agent="full", filler="tone")
+    machine.model_turn(answer=False, deltas=1, end="done", items=1, size=800, tool="lookup")
+    machine.twilio_plays(dt=0.25, frame=True, tick=False)
+    machine.advance(dt=0.5, tick=False)  # the tone plays
+    machine.model_turn(answer=False, deltas=3, end="done", items=1, size=800, tool="none")  # queued behind it
+    answer = h.items[-1]
+    machine.tool_answers(status=ToolStatus.OK, index=0)  # the tone stops: clear
+    assert h.counts.get("twilio clear") == 1
+    assert h.call.stats.truncations == [(answer, 0)]
