@@ -56,6 +56,10 @@ class CallControl(Protocol):
 
     def send_upstream(self, data: bytes) -> None: ...
 
+    def cancel_response(self, response_id: str) -> None:
+        """Cancel a live response the behaviour asked for (a filler), unless a barge-in cancels it
+        already; none of its audio plays after this."""
+
     @property
     def response_active(self) -> bool: ...
 

@@ -464,6 +464,10 @@ class Call:
         if self._up is not None:
             self._up.send(data)
 
+    def cancel_response(self, response_id: str) -> None:
+        if self._up is not None and self.responses.cancel(response_id):
+            self._up.send(oa.response_cancel(response_id))
+
     @property
     def response_active(self) -> bool:
         return self.responses.active is not None

@@ -68,6 +68,18 @@ class Responses:
             self.interrupted_items.discard(item_id)
         return items
 
+    def cancel(self, response_id: str) -> bool:
+        """The call cancels a live response itself (a filler no longer needed): drop its late deltas.
+
+        False if a barge-in is cancelling it already (the call's cancel, or the server's VAD)."""
+        if response_id in self.interrupted_responses:
+            return False
+        if response_id == self.active:
+            self.cancel_requested = response_id
+        self.interrupted_responses.add(response_id)
+        self.interrupted_items.update(i for i, r in self.item_response.items() if r == response_id)
+        return True
+
     def interrupt_active(self) -> tuple[str, list[str]] | None:
         """Mark the active response interrupted (unless already being cancelled).
 

@@ -279,7 +279,7 @@ class AgentCall(CallBehaviour):
             self._tone_timer = None
             self._call.stop_local()
         if self._filler_response is not None:  # still generating
-            self._call.send_upstream(oa.response_cancel(self._filler_response))
+            self._call.cancel_response(self._filler_response)
         if self._filler_spoken:  # Twilio may still be playing it
             self._filler_spoken = False
             self._call.stop_local()

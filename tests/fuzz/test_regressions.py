@@ -96,3 +96,32 @@ def test_stopping_the_hold_tone_truncates_the_model_audio_it_cuts(machine):
     machine.tool_answers(status=ToolStatus.OK, index=0)  # the tone stops: clear
     assert h.counts.get("twilio clear") == 1
     assert h.call.stats.truncations == [(answer, 0)]
+
+
+def test_a_cancelled_filler_plays_no_more(machine):
+    """When a tool answered, the agent cancelled its spoken filler with a bare ``response.cancel``:
+    the call did not know, and the filler's deltas still in flight were played after the answer
+    had arrived (over the model's real answer). ``CallControl.cancel_response`` drops them."""
+    h = configure(machine, agent="full", filler="speech")
+    machine.model_turn(answer=False, deltas=1, end="done", items=1, size=800, tool="lookup")
+    machine.twilio_plays(dt=0.25, frame=True, tick=False)
+    machine.advance(dt=0.5, tick=False)  # the filler is asked for
+    machine.model_turn(answer=True, deltas=1, end="open", items=1, size=800, tool="none")  # ... and speaks
+    machine.twilio_plays(dt=0.25, frame=True, tick=False)  # what came so far has played
+    machine.tool_answers(status=ToolStatus.OK, index=0)  # the filler is cancelled
+    assert any(b'"response.cancel"' in m for m in h.upstream_log)
+    sent = media_sent(h)
+    machine.audio_delta(item="latest", content_index=0, size=800, shape="compact", index=0, repeat=2)
+    assert media_sent(h) == sent and h.call.stats.deltas_dropped == 2
+
+
+def test_a_filler_a_barge_in_cancelled_is_not_cancelled_again(machine):
+    """(Found by the fuzzer in this shape:) a barge-in cancelled the filler, then the tool answered
+    and the agent cancelled it a second time (earning ``response_cancel_not_active``)."""
+    h = configure(machine, agent="full", filler="speech", vad_interrupt_response=False)
+    machine.response_done(index=0, output="lookup", response="active", status="completed", usage="none")
+    machine.response_created(choice="new", metadata="filler")
+    machine.speech_started()  # the call cancels the filler
+    machine.tool_answers(index=0, status=ToolStatus.OK)
+    assert [m for m in h.upstream_log if b"response.cancel" in m] == [
+        b'{"type":"response.cancel","response_id":"%s"}' % h.responses[-1].encode()]
