@@ -404,7 +404,9 @@ class Call:
         interrupted = self.responses.interrupt_active()
         if interrupted is not None:
             response_id, items = interrupted
-            server_cancels = trigger is Trigger.SPEECH_STARTED and self.settings.vad_interrupt_response
+            # The server's VAD cancels a response of the default conversation, never an out-of-band one.
+            server_cancels = (trigger is Trigger.SPEECH_STARTED and self.settings.vad_interrupt_response
+                              and response_id not in self.responses.out_of_band)
             if not server_cancels:
                 up.send(oa.response_cancel(response_id))
             # Items of this response still being generated that the caller heard in full *so far*

@@ -125,3 +125,17 @@ def test_a_filler_a_barge_in_cancelled_is_not_cancelled_again(machine):
     machine.tool_answers(index=0, status=ToolStatus.OK)
     assert [m for m in h.upstream_log if b"response.cancel" in m] == [
         b'{"type":"response.cancel","response_id":"%s"}' % h.responses[-1].encode()]
+
+
+def test_a_vad_barge_in_cancels_an_out_of_band_response(machine):
+    """The server's VAD cancels the response of the default conversation, never an out-of-band one
+    (a filler, a ``say``); on ``speech_started`` the call assumed it would and sent no
+    ``response.cancel``: the out-of-band response ran to its end (its audio dropped, its tokens paid)."""
+    h = configure(machine, vad_interrupt_response=True)
+    machine.response_created(choice="new", metadata="say")
+    machine.speech_started()
+    assert h.upstream_log[-1] == b'{"type":"response.cancel","response_id":"%s"}' % h.responses[-1].encode()
+    machine.response_created(choice="new", metadata=None)  # the VAD's own response: the server cancels it
+    cancels = len([m for m in h.upstream_log if b"response.cancel" in m])
+    machine.speech_started()
+    assert len([m for m in h.upstream_log if b"response.cancel" in m]) == cancels
