@@ -58,8 +58,8 @@ Invariants (``Harness.check``), after every step:
 
 Inputs outside the protocol are sent too (the call must survive them and stay bounded), but the
 invariants about meaning do not judge what the call does with them: a delta of an item after its
-``output_audio.done`` or after its response's ``response.done``, an item announced for a response
-already done, audio in a second content part of an item, a response id used again. The call
+``output_audio.done`` or after its response's ``response.done``, an item announced twice or for a
+response already done, audio in a content part other than 0, a response id used again. The call
 forgets a response's items at its ``response.done`` (docs/protocols/openai-realtime.md, "What the
 gateway relies on"), so what it does with such audio is by design.
 """
@@ -654,9 +654,9 @@ class Harness:
             self.step_ms = len(data) / (48.0 if self.config.audio_mode == "pcm16" else 8.0)
             self.delta_items.add(item)
             if (item in self.audio_done_items or (item in self.item_history and item not in self.item_resp)
-                    or self.last_ci.get(item, content_index) != content_index):
-                # a delta after its audio's or its response's end, or audio in a second content part of
-                # the item: outside the protocol (an assistant item has one audio part)
+                    or content_index != 0):
+                # a delta after its audio's or its response's end, or audio in a content part other
+                # than 0: outside the protocol (an assistant item has one part, audio)
                 self.outside.add(item)
             self.last_ci[item] = content_index
             return "delta", False
@@ -794,10 +794,10 @@ class Harness:
 
     def interrupted_now(self, item: str) -> bool:
         """Audio of ``item`` must not reach the caller: it was truncated or deleted, or its response
-        was cancelled. (A delta of an item whose response is over is outside the protocol: the call
-        forgets a response's items at its ``response.done``, as documented; not judged.)"""
+        was cancelled. (Not judged: an item whose response is over, as the call forgets a
+        response's items at its ``response.done`` as documented, and items outside the protocol.)"""
         rid = self.item_history.get(item)
-        if rid is not None and (item not in self.item_resp or rid not in self.live_responses):
+        if item in self.outside or (rid is not None and (item not in self.item_resp or rid not in self.live_responses)):
             return False
         return item in self.interrupted or rid in self.cancelled
 
@@ -938,6 +938,8 @@ class Harness:
     def saw_item_added(self, item: str, response_id: str) -> None:
         if item not in self.item_history:
             self.items.append(item)
+        else:  # an item announced again (outside the protocol: item ids are unique)
+            self.outside.add(item)
         self.item_resp[item] = self.item_history[item] = response_id
         if response_id in self.oob_responses:
             self.oob_items.add(item)
