@@ -41,6 +41,7 @@ cdef class PlayoutLedger:
     cdef int64_t _confirmed         # end byte of the last echoed audio mark
     cdef list _runs                 # _Run in stream order
     cdef dict _items                # (item_id, content_index) -> _Item
+    cdef dict _retired              # items whose runs were all pruned (the last RETIRED_ITEMS), oldest first
     cdef _Run _last                 # newest run (None when the epoch has none)
     cdef bint _seg_active
     cdef double _origin             # O: gateway time stream byte 0 would have played

@@ -23,6 +23,7 @@ cdef enum:
     UNKNOWN = 3
     MAX_DIGITS = 18     # a longer number cannot be an epoch/seq we issued
     INITIAL_CAP = 16
+    RETIRED_ITEMS = 8   # items whose runs were all pruned, kept in case they continue
 cdef double TOLERANCE_MS = 25.0
 
 
@@ -98,6 +99,7 @@ cdef class PlayoutLedger:
         self._confirmed = 0
         self._runs = []
         self._items = {}
+        self._retired = {}
         self._last = None
         self._seg_active = False
         self._origin = 0.0
@@ -205,7 +207,9 @@ cdef class PlayoutLedger:
             key = (item_id, content_index)
             item = self._items.get(key)
             if item is None:
-                item = _Item(item_id, content_index)
+                item = self._retired.pop(key, None)
+                if item is None:
+                    item = _Item(item_id, content_index)
                 self._items[key] = item
             item.runs += 1
             last = _Run(item, start)
@@ -306,7 +310,7 @@ cdef class PlayoutLedger:
         self._samples += 1
 
     cdef int _prune(self) except -1:
-        """Drop fully played runs (keeping the newest) and items left without runs."""
+        """Drop fully played runs (keeping the newest); retire items left without runs."""
         cdef list runs = self._runs
         cdef Py_ssize_t drop = 0, last = len(runs) - 1
         cdef _Run run
@@ -316,7 +320,11 @@ cdef class PlayoutLedger:
                 break
             run.item.runs -= 1
             if not run.item.runs:
-                del self._items[(run.item.item_id, run.item.content_index)]
+                key = (run.item.item_id, run.item.content_index)
+                del self._items[key]
+                self._retired[key] = run.item
+                if len(self._retired) > RETIRED_ITEMS:
+                    del self._retired[next(iter(self._retired))]
             drop += 1
         if drop:
             del runs[:drop]

@@ -45,7 +45,9 @@ Model (all times in ms on the gateway's monotonic clock; the public API takes se
 Items are contiguous *runs* of the stream (a new run whenever the (item_id, content_index) of a
 chunk differs from the previous chunk's); an item that reappears continues its own byte offset.
 Fully played runs are pruned on every echo (the newest run is always kept so the current item
-keeps counting); an item whose runs are all pruned is forgotten, so a 4-hour call stays small.
+keeps counting); an item whose runs are all pruned is retired, and forgotten once
+``_RETIRED_ITEMS`` newer ones were (so a 4-hour call stays small): an item that continues after
+another item's audio was played in between (a filler's, a hold tone's) keeps its offset.
 ``clear`` resets stream position, items and segment but keeps the latency estimate.
 
 Two sources, on purpose.  The compiled twin (``_fastpath/_compiled/ledger.pyx``) is written by
@@ -95,6 +97,7 @@ _PROBE = 1
 _TOLERANCE_MS = 25.0
 _LATENCY_WINDOW = 16
 _MAX_DIGITS = 18  # a longer number cannot be an epoch/seq we issued (and would overflow int64)
+_RETIRED_ITEMS = 8  # items whose runs were all pruned, kept in case they continue
 
 
 class MarkOutcome(enum.IntEnum):
@@ -167,6 +170,7 @@ class PlayoutLedger:
         self._confirmed = 0  # end byte of the last echoed audio mark
         self._runs: list[_Run] = []
         self._items: dict[tuple[str, int], _Item] = {}
+        self._retired: dict[tuple[str, int], _Item] = {}  # oldest first
         self._seg_active = False
         self._origin = 0.0  # O
         self._obs_n = 0
@@ -248,7 +252,10 @@ class PlayoutLedger:
             key = (item_id, content_index)
             item = self._items.get(key)
             if item is None:
-                item = self._items[key] = _Item(item_id, content_index)
+                item = self._retired.pop(key, None)  # an item that continues after another's audio
+                if item is None:
+                    item = _Item(item_id, content_index)
+                self._items[key] = item
             item.runs += 1
             last = _Run(item, start)
             runs.append(last)
@@ -323,14 +330,19 @@ class PlayoutLedger:
         self._samples += 1
 
     def _prune(self) -> None:
-        """Drop fully played runs (keeping the newest) and items left without runs."""
+        """Drop fully played runs (keeping the newest); retire items left without runs."""
         runs = self._runs
         drop = 0
         while drop < len(runs) - 1 and runs[drop].start + runs[drop].length <= self._confirmed:
             item = runs[drop].item
             item.runs -= 1
             if not item.runs:
-                del self._items[(item.item_id, item.content_index)]
+                key = (item.item_id, item.content_index)
+                del self._items[key]
+                retired = self._retired
+                retired[key] = item
+                if len(retired) > _RETIRED_ITEMS:
+                    del retired[next(iter(retired))]
             drop += 1
         if drop:
             del runs[:drop]

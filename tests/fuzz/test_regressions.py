@@ -5,6 +5,7 @@ each step, as in the fuzzer) and then states the fact the fix restored.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from fuzz_helpers import configure
@@ -139,3 +140,29 @@ def test_a_vad_barge_in_cancels_an_out_of_band_response(machine):
     cancels = len([m for m in h.upstream_log if b"response.cancel" in m])
     machine.speech_started()
     assert len([m for m in h.upstream_log if b"response.cancel" in m]) == cancels
+
+
+def test_an_item_that_continues_after_another_items_audio_keeps_its_offset(machine):
+    """The ledger forgot an item once all its runs had played (to stay small on long calls): an
+    item that continued after another item's audio (a filler's, the hold tone's) restarted at
+    offset 0, and a barge-in truncated it too early, so the model forgot words the caller had
+    heard. Shrunk: the model's item, a chunk of another item, all echoed, more of the model's item,
+    a barge-in: truncated at 0 ms although the caller had heard its first 100 ms."""
+    h = configure(machine, vad_interrupt_response=False)
+    machine.model_turn(answer=False, deltas=1, end="open", items=1, size=800, tool="none")
+    machine.audio_delta(content_index=0, index=0, item="new", repeat=1, shape="compact", size=800)
+    machine.twilio_mark(choice="all", index=0)  # all of it played
+    machine.audio_delta(content_index=0, index=0, item="latest", repeat=1, shape="compact", size=800)
+    machine.speech_started()
+    assert h.call.stats.truncations == [(h.items[0], 100)]
+
+
+def test_the_ledger_keeps_the_offset_of_an_item_that_continues(fuzz_impl):
+    """The same on the ledger alone (both implementations): the answer's first 100 ms played, then a
+    filler's 100 ms, then more of the answer was queued when the caller barged in."""
+    ledger = importlib.import_module(f"_fastpath._{fuzz_impl}.ledger").PlayoutLedger()
+    ledger.queue("answer", 0, 800, 100.0, 0.0)
+    filler = ledger.queue("filler", 0, 800, 100.0, 0.0)
+    ledger.on_mark(filler, 0.3)  # both played
+    ledger.queue("answer", 0, 800, 100.0, 0.3)
+    assert ledger.plan_interrupt(0.3) == [("answer", 0, 100)]
