@@ -106,3 +106,11 @@ class CallBehaviour:
 
     def on_end(self, outcome: str, reason: str) -> None:
         """The call ended (both sockets closed or closing)."""
+
+    def replay(self) -> list[bytes]:
+        """The conversation so far as client events for a new session (reconnect, rollover)."""
+        return []
+
+    def awaits_answer(self) -> bool:
+        """After a replay: is the model's turn due (the caller spoke last, unanswered)?"""
+        return False

@@ -304,6 +304,28 @@ VARIABLES: tuple[Var, ...] = (
     Var("GATEWAY_POD_NAME", "pod_name", "", str,
         "This instance's name in the call registry. Empty: the host name (the pod's name on Kubernetes).",
         check=_pod_name_problem, allowed="empty or up to 128 letters, digits, '.', '-', '_'"),
+    Var("GATEWAY_UPSTREAM_PING_IDLE_S", "upstream_ping_idle_s", 10.0, parse_float,
+        "Upstream keepalive: a WebSocket ping after this long without data (0 = no pings).", minimum=0, maximum=300),
+    Var("GATEWAY_UPSTREAM_PING_TIMEOUT_S", "upstream_ping_timeout_s", 5.0, parse_float,
+        "Upstream keepalive: no pong within this (at most the idle time) ends the session, and a reconnect "
+        "follows: a half-open upstream is found within IDLE + TIMEOUT.", minimum=0.5, maximum=300),
+    Var("GATEWAY_UPSTREAM_RECONNECT_ATTEMPTS", "upstream_reconnect_attempts", 3, parse_int,
+        "Mid-call upstream failures (close, reset, keepalive, fatal error): new sessions tried before the call "
+        "ends (0 = end at once).", minimum=0, maximum=20),
+    Var("GATEWAY_UPSTREAM_RECONNECT_BUDGET_S", "upstream_reconnect_budget_s", 10.0, parse_float,
+        "The time those attempts may take in all, from the failure.", minimum=0.5, maximum=120),
+    Var("GATEWAY_RECONNECT_LINE", "reconnect_line", "", str,
+        "What the assistant says after a reconnect (instructions of a short out-of-band response). Empty: "
+        "nothing (the caller hears a short pause)."),
+    Var("GATEWAY_MAX_SESSION_S", "max_session_s", 3300.0, parse_float,
+        "Roll a call over to a fresh upstream session after this long (or 5 min before the server's "
+        "`expires_at`, if earlier), at a quiet moment, with the conversation replayed.", minimum=30, maximum=86400),
+    Var("GATEWAY_UPSTREAM_STALL_S", "upstream_stall_s", 10.0, parse_float,
+        "An upstream that stops reading for this long is replaced (reconnect); meanwhile caller audio is held "
+        "(GATEWAY_MAX_PENDING_AUDIO_MS, oldest dropped).", minimum=1, maximum=300),
+    Var("GATEWAY_TWILIO_STALL_MS", "twilio_stall_ms", 5000, parse_int,
+        "A Twilio socket that stops reading is closed (outcome twilio_stalled) once this much audio waits for it.",
+        minimum=500, maximum=60_000),
     Var("GATEWAY_LOG_LEVEL", "log_level", "INFO", parse_upper, "Log level (any case).", choices=LOG_LEVELS),
     Var("GATEWAY_WORKERS", "workers", 0, parse_int, "Worker processes of `gateway serve` (0 = one per CPU core).",
         minimum=0, maximum=256),
@@ -353,6 +375,14 @@ class Settings:
     twilio_api_key: str = ""
     twilio_api_secret: str = dataclasses.field(default="", repr=False)
     twilio_api_base_url: str = "https://api.twilio.com"
+    upstream_ping_idle_s: float = 10.0
+    upstream_ping_timeout_s: float = 5.0
+    upstream_reconnect_attempts: int = 3
+    upstream_reconnect_budget_s: float = 10.0
+    reconnect_line: str = ""
+    max_session_s: float = 3300.0
+    upstream_stall_s: float = 10.0
+    twilio_stall_ms: int = 5000
     redis_url: str = dataclasses.field(default="", repr=False)
     cluster_max_calls: int = 0
     pod_name: str = ""
@@ -424,6 +454,10 @@ class Settings:
         on its own) are skipped."""
         out: list[str] = []
         involved = {"twilio_auth_token", "insecure_dev"}
+        if (self.upstream_ping_idle_s and self.upstream_ping_timeout_s > self.upstream_ping_idle_s
+                and not {"upstream_ping_idle_s", "upstream_ping_timeout_s"} & set(wrong)):
+            out.append("GATEWAY_UPSTREAM_PING_TIMEOUT_S must not exceed GATEWAY_UPSTREAM_PING_IDLE_S (picows waits for "
+                       "a pong at most one idle period)")
         if self.cluster_max_calls and not self.redis_url and "redis_url" not in wrong:
             out.append("GATEWAY_CLUSTER_MAX_CALLS needs GATEWAY_REDIS_URL: only the cluster's registry can count "
                        "every pod's calls")

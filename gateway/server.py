@@ -265,7 +265,9 @@ class Gateway:
                 return WSUpgradeResponseWithListener(
                     WSUpgradeResponse.create_error_response(403, b"invalid signature\n"), None
                 )
-        listener = TwilioMediaListener(self._make_call, self.settings.max_frame_bytes)
+        # μ-law bytes per second, base64 (4/3) in JSON media messages with their marks: ≈ 11.2 KB/s
+        stall_bytes = int(self.settings.twilio_stall_ms * 11.2)
+        listener = TwilioMediaListener(self._make_call, self.settings.max_frame_bytes, stall_bytes)
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         if SUBPROTOCOL in (p.strip() for p in offered.split(",")):
             return WSUpgradeResponseWithListener(

@@ -9,9 +9,25 @@ from __future__ import annotations
 
 class CallStats:
     __slots__ = (
-        "agent", "bytes_out", "caller_audio_dropped_bytes", "clear_latency_s", "deltas_dropped", "dtmf_digits",
-        "frames_in", "interrupts", "media_out", "tokens", "tool_calls", "tool_latency_s", "truncations",
-        "twilio_protocol_errors", "upstream_connect_s", "upstream_errors", "upstream_protocol_errors",
+        "agent",
+        "bytes_out",
+        "caller_audio_dropped_bytes",
+        "clear_latency_s",
+        "deltas_dropped",
+        "dtmf_digits",
+        "frames_in",
+        "interrupts",
+        "media_out",
+        "reconnect_s",
+        "reconnects",
+        "tokens",
+        "tool_calls",
+        "tool_latency_s",
+        "truncations",
+        "twilio_protocol_errors",
+        "upstream_connect_s",
+        "upstream_errors",
+        "upstream_protocol_errors",
     )
 
     def __init__(self) -> None:
@@ -29,6 +45,8 @@ class CallStats:
         self.upstream_protocol_errors: dict[str, int] = {}  # by UpstreamViolation
         self.twilio_protocol_errors: dict[str, int] = {}  # by TwilioViolation or call_token_<TokenRejection>
         self.upstream_connect_s: float | None = None
+        self.reconnects: dict[str, int] = {}  # by outcomes.Reconnect
+        self.reconnect_s: list[float] = []  # failure → a new session took over
         # The agent layer's (never per frame):
         self.agent: str | None = None  # the agent that answered
         self.dtmf_digits = 0

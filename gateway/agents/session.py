@@ -49,7 +49,9 @@ def session_config(agent: Agent, tools: dict[str, Tool], settings: Settings) -> 
     }
     if agent.noise_reduction is not None:
         audio_input["noise_reduction"] = {"type": agent.noise_reduction}
-    if agent.transcripts:
+    # Caller turns are transcribed for the record, and for replaying the conversation into a new
+    # session after an upstream failure or at a rollover (the new session cannot hear old audio).
+    if agent.transcripts or settings.upstream_reconnect_attempts > 0:
         transcription: dict[str, Any] = {"model": agent.transcription_model}
         if agent.transcription_language:
             transcription["language"] = agent.transcription_language

@@ -476,6 +476,7 @@ class SimSession(WSListener):
         self._transcribed = 0  # user audio turns transcribed
         self._last_context = (0, 0)  # (text, audio) input tokens of the previous response: the cached prefix
         self._timers: set[asyncio.TimerHandle] = set()
+        self.frozen = False  # freeze(): a half-open connection
 
     # ---------------------------------------------------------------- public helpers
 
@@ -496,6 +497,26 @@ class SimSession(WSListener):
         self._stop_streams()
         self.transport.send_close(WSCloseCode(code), reason.encode())
         self._close_timer = self._loop.call_later(_CLOSE_GRACE_S, self.transport.disconnect)
+
+    def reset(self) -> None:
+        """Failure injection: the TCP connection is reset (no CLOSE frame, as a crashed server)."""
+        if self.transport is not None:
+            self._stop_streams()
+            self.transport.underlying_transport.abort()
+
+    def freeze(self) -> None:
+        """Failure injection: a half-open upstream. Nothing is read (pings included: no pong) and
+        nothing is sent any more; the socket stays open."""
+        if self.transport is not None:
+            self.frozen = True
+            self._stop_streams()
+            self.transport.underlying_transport.pause_reading()
+
+    def stop_reading(self) -> None:
+        """Failure injection: the server stops reading (its socket buffer fills, the client's
+        writes back up) but keeps sending."""
+        if self.transport is not None:
+            self.transport.underlying_transport.pause_reading()
 
     def locate(self, audio: bytes) -> tuple[AssistantItem, int] | None:
         """Find which generated item contains this output-format slice, and at which byte offset."""
@@ -589,7 +610,7 @@ class SimSession(WSListener):
         self._write(type_, orjson.dumps({"type": type_, "event_id": self._next_event_id(), **fields}))
 
     def _write(self, type_: str, data: bytes) -> None:
-        if self.transport is None or self._closing:
+        if self.transport is None or self._closing or self.frozen:
             return
         self.transport.send(_TEXT, data)
         if self._cfg.record_server_events:

@@ -288,6 +288,12 @@ class TwilioCall(WSListener):
             raise ValueError(f"one DTMF key (0-9, *, #) per message: {digit!r}")
         self._inject(lambda now: self._emit_dtmf(now, digit))
 
+    def stop_reading(self) -> None:
+        """Failure injection: this Twilio media server stops reading the gateway's messages (its
+        socket buffer fills up) while it keeps sending caller audio."""
+        if self._transport is not None:
+            self._transport.underlying_transport.pause_reading()
+
     def hangup(self) -> None:
         """The caller hangs up now: ``stop`` then close."""
         def end(now: float) -> None:
