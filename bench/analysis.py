@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from .loadplan import PHASES
 from .loadsim import FP_BYTES, unpack
 
 WINDOW = 16  # locator window (gateway.sim.truth.WINDOW)
 TAIL_TOLERANCE_BYTES = 8 * 100  # caller audio still in flight when the call ends (harness: 100 ms)
 UNDERRUN_SLACK_S = 0.002
+TRUNCATE_TOLERANCE_MS = 20.0  # the truncation target: |audio_end_ms - heard| p99
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
@@ -114,8 +116,10 @@ class CallVerdict:
     lat_out: list[float] = field(default_factory=list)
     out_method: str = ""
     truncate_err: list[float] = field(default_factory=list)  # signed ms (audio_end_ms - heard)
+    truncate_phase: list[str] = field(default_factory=list)  # the phase of the turn behind each (loadplan.PHASES)
     interrupt_ms: list[float] = field(default_factory=list)  # speech_started sent -> clear received
     stop_ms: list[float] = field(default_factory=list)  # caller speech start -> audio stopped (Twilio time)
+    stop_phase: list[str] = field(default_factory=list)
     inbound_lost_bytes: int = 0
     gaps: int = 0
     overlaps: int = 0
@@ -276,6 +280,7 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
                 problems.append(f"item {item_id}: heard {heard[it] / 8:.0f} of {exp_len / 8:.0f} ms, never truncated")
         by_id = {item_id: i for i, item_id in enumerate(items.ids)}
         trunc_t = unpack(session.get("truncate_t", ""), "d")
+        turn_t = [at - call["loop_offset"] for _i, at, _ms, _h in call["turns"]]  # CLOCK_MONOTONIC
         ended = (call["ended_at"] - call["loop_offset"]) if call["ended_at"] is not None else math.inf
         for k, (item_id, audio_end_ms, accepted, error) in enumerate(session["truncates"]):
             if not accepted:
@@ -286,6 +291,9 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
             it = by_id.get(item_id)
             heard_ms = max(0.0, heard[it] / 8.0 - lead) if it is not None else 0.0
             v.truncate_err.append(audio_end_ms - heard_ms)
+            # the barge-in behind it: the caller's latest turn started before the truncate arrived
+            turn = bisect.bisect_right(turn_t, trunc_t[k]) - 1 if k < len(trunc_t) else -1
+            v.truncate_phase.append(turn_phase(call, turn))
     else:
         for _item_id, _audio_end_ms, accepted, error in session["truncates"]:
             if not accepted:
@@ -332,10 +340,40 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
         if k >= 0 and t - ss[k] < 2.0:
             v.interrupt_ms.append((t - ss[k]) * 1000.0)
     for _received, effect_at, _dropped in call["clears"]:
-        before = [at for _i, at, _ms, _h in call["turns"] if at <= effect_at]
+        before = [k for k, (_i, at, _ms, _h) in enumerate(call["turns"]) if at <= effect_at]
         if before:
-            v.stop_ms.append((effect_at - before[-1]) * 1000.0)
+            v.stop_ms.append((effect_at - call["turns"][before[-1]][1]) * 1000.0)
+            v.stop_phase.append(turn_phase(call, before[-1]))
     return v
+
+
+def turn_phase(call: dict[str, Any], k: int) -> str:
+    """The plan's phase (``bench.loadplan.PHASES``) of the call's k-th recorded turn; ``other`` if
+    there is none (k < 0) or the plan did not label it."""
+    if k < 0 or k >= len(call["turns"]):
+        return "other"
+    index = call["turns"][k][0]
+    phases = call.get("turn_phases") or ()
+    return phases[index] if index < len(phases) else "other"
+
+
+def by_phase(values: list[float], phases: list[str], signed: bool = False) -> dict[str, Any]:
+    """``stats`` per phase of ``loadplan.PHASES`` and ``other`` (values whose turn has no phase),
+    every one present; with ``signed``: of the absolute values, plus their signed mean and how many
+    were more than the truncation target (20 ms) short of or past the truth."""
+    groups: dict[str, list[float]] = {phase: [] for phase in (*PHASES, "other")}
+    for value, phase in zip(values, phases, strict=True):
+        groups.setdefault(phase, []).append(value)
+    out = {}
+    for phase, group in groups.items():
+        a = np.asarray(group, dtype=float)
+        entry = stats(np.abs(a) if signed else a)
+        if signed:
+            entry["signed_mean"] = float(a.mean()) if a.size else None
+            entry["short_over_20ms"] = int((a < -TRUNCATE_TOLERANCE_MS).sum())
+            entry["past_over_20ms"] = int((a > TRUNCATE_TOLERANCE_MS).sum())
+        out[phase] = entry
+    return out
 
 
 # ------------------------------------------------------------------------------- the whole run
@@ -358,8 +396,10 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
     lat_in = np.concatenate([np.asarray(v.lat_in) for v in verdicts]) if verdicts else np.zeros(0)
     lat_out = np.concatenate([np.asarray(v.lat_out) for v in verdicts]) if verdicts else np.zeros(0)
     trunc = np.asarray([e for v in verdicts for e in v.truncate_err])
+    trunc_phase = [p for v in verdicts for p in v.truncate_phase]
     interrupt = np.asarray([x for v in verdicts for x in v.interrupt_ms])
     stop = np.asarray([x for v in verdicts for x in v.stop_ms])
+    stop_phase = [p for v in verdicts for p in v.stop_phase]
     failed = [v for v in verdicts if v.problems]
     late = sum(c["late_sends"] for c in calls if not c["warmup"])
     sent = sum(c["media_sent"] for c in calls if not c["warmup"])
@@ -389,6 +429,12 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
             "upstream_errors": dict(upstream_errors),
             "upstream_rejected_upgrades": len(openai.get("rejected", [])),
             "content_checks": content_checks,
+            # truncation accuracy is a target, not a problem of the call (the gateway's exit status
+            # does not depend on it), but a bridge that truncates far from what the caller heard
+            # does not do the job: the report counts it against the baselines' verdict
+            "truncates_off_over_20ms": int((np.abs(trunc) > TRUNCATE_TOLERANCE_MS).sum()),
+            "calls_with_truncate_off_over_20ms": sum(1 for v in verdicts
+                                                     if any(abs(e) > TRUNCATE_TOLERANCE_MS for e in v.truncate_err)),
         },
         "conversation": {
             "turns": sum(v.turns for v in verdicts),
@@ -400,9 +446,10 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
         "latency_ms": {"inbound": stats(lat_in), "outbound": stats(lat_out),
                        "outbound_method": verdicts[0].out_method if verdicts else ""},
         "interrupt_ms_sims": stats(interrupt),
-        "stop_ms": stats(stop),
+        "stop_ms": {**stats(stop), "by_phase": by_phase(stop.tolist(), stop_phase)},
         "truncate_error_ms": {**stats(np.abs(trunc)), "signed_mean": float(trunc.mean()) if trunc.size else None,
-                              "available": bool(content_checks)},
+                              "available": bool(content_checks),
+                              "by_phase": by_phase(trunc.tolist(), trunc_phase, signed=True)},
         "generators": {
             # whole calls, from CallRecord (ramp and hang-up included)
             "media_sent": sent, "late_sends": late, "late_share": late / sent if sent else 0.0, "max_lag_ms": max_lag,
@@ -412,7 +459,8 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
         },
         "openai_sim": {"window_delta_lag_ms": stats(sim_lag),
                        "window_late_share": float((sim_lag > 20.0).mean()) if sim_lag.size else 0.0},
-        "_raw": {"lat_in": lat_in, "lat_out": lat_out, "truncate_err": trunc, "interrupt": interrupt},
+        "_raw": {"lat_in": lat_in, "lat_out": lat_out, "truncate_err": trunc, "truncate_phase": trunc_phase,
+                 "interrupt": interrupt},
     }
 
 
