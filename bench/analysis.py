@@ -121,6 +121,7 @@ class CallVerdict:
     stop_ms: list[float] = field(default_factory=list)  # caller speech start -> audio stopped (Twilio time)
     stop_phase: list[str] = field(default_factory=list)
     inbound_lost_bytes: int = 0
+    inbound_lost_at_start_ms: float = 0.0  # caller frames dropped before the first one forwarded
     gaps: int = 0
     overlaps: int = 0
     unmatched: int = 0
@@ -138,6 +139,20 @@ class CallVerdict:
     sim_lag: list[float] = field(default_factory=list)  # OpenAI sim: ms each delta was sent after its slot
     twilio_violations: int = 0
     upstream_violations: int = 0
+
+
+def leading_frames_lost(frames_crc: Any, k: int, crc: int, max_frames: int = 500) -> int | None:
+    """j if the model received exactly caller frames j .. j+k-1 (160 B each): the first j frames
+    were dropped (a bridge that discards audio until its upstream session is open), else None.
+
+    ``frames_crc[i]`` is the running CRC-32 of frames 0..i. CRC-32 is affine, so the CRC of frames
+    j..j+k-1 alone is crc(0..j+k-1) ^ crc32(zeros(L), crc(0..j-1)) ^ crc32(zeros(L), 0), L = 160 k."""
+    zeros = bytes(160 * k)
+    base = zlib.crc32(zeros)
+    for j in range(1, min(max_frames, len(frames_crc) - k) + 1):
+        if frames_crc[j + k - 1] ^ zlib.crc32(zeros, frames_crc[j - 1]) ^ base == crc:
+            return j
+    return None
 
 
 def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[str, Any], mode: str,
@@ -184,7 +199,13 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
         elif n and not call["frames_unverified"]:
             k = n // 160
             if n % 160 or k == 0 or frames_crc[k - 1] != session["input_crc"]:
-                problems.append("caller audio altered, reordered or duplicated on the way upstream")
+                skipped = leading_frames_lost(frames_crc, k, session["input_crc"]) if not n % 160 else None
+                if skipped:
+                    v.inbound_lost_at_start_ms = skipped * 20.0
+                    problems.append(f"caller audio lost at the start: the first {skipped} frames "
+                                    f"({skipped * 20} ms) never reached the model, the rest did, in order")
+                else:
+                    problems.append("caller audio altered, reordered or duplicated on the way upstream")
         if sent_bytes - n > TAIL_TOLERANCE_BYTES:
             problems.append(f"caller audio lost: {sent_bytes - n} of {sent_bytes} bytes never arrived")
     elif abs(got - sent_bytes) > TAIL_TOLERANCE_BYTES:
@@ -418,6 +439,8 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
             "inbound_lost_bytes_total": sum(v.inbound_lost_bytes for v in verdicts),
             "inbound_lost_calls_over_tolerance": sum(1 for v in verdicts
                                                      if v.inbound_lost_bytes > TAIL_TOLERANCE_BYTES),
+            "inbound_lost_at_start_calls": sum(1 for v in verdicts if v.inbound_lost_at_start_ms),
+            "inbound_lost_at_start_ms_max": max((v.inbound_lost_at_start_ms for v in verdicts), default=0.0),
             "outbound_gaps": sum(v.gaps for v in verdicts),
             "outbound_duplicates": sum(v.overlaps for v in verdicts),
             "outbound_unmatched": sum(v.unmatched for v in verdicts),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import procstat, syscalls
-from bench.analysis import by_phase, turn_phase
+from bench.analysis import by_phase, leading_frames_lost, turn_phase
 from bench.baselines import sdk_setup
 from bench.children import Child, child_env
 from bench.loadfigures import Edge, Window, message_figures, syscall_figures
@@ -71,6 +71,27 @@ def test_turn_phase_and_by_phase():
     assert out["rebarge"]["signed_mean"] == pytest.approx(-12.5)
     assert (out["rebarge"]["short_over_20ms"], out["playing"]["past_over_20ms"]) == (1, 1)
     assert out["generating"]["n"] == 0 and out["generating"]["p99"] is None
+
+
+def test_caller_frames_dropped_before_the_upstream_opened_are_named_as_such():
+    """The judge recognises "the first j caller frames never arrived, the rest did in order" from
+    the running CRCs alone (a bridge that drops audio until its upstream session is open)."""
+    import zlib
+
+    rng = random.Random(9)
+    frames = [bytes(rng.getrandbits(8) for _ in range(160)) for _ in range(120)]
+    running, crc = [], 0
+    for frame in frames:
+        crc = zlib.crc32(frame, crc)
+        running.append(crc)
+
+    def crc_of(part: list[bytes]) -> int:
+        return zlib.crc32(b"".join(part))
+
+    assert leading_frames_lost(running, 100, crc_of(frames[2:102])) == 2
+    assert leading_frames_lost(running, 117, crc_of(frames[3:])) == 3
+    assert leading_frames_lost(running, 100, crc_of(frames[2:50] + frames[51:103])) is None  # a gap inside
+    assert leading_frames_lost(running, 100, crc_of(frames[:100])) is None  # nothing lost at the start
 
 
 # ------------------------------------------------------------------------------- messages and syscalls
