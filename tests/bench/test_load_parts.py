@@ -224,3 +224,31 @@ def test_a_baseline_that_truncates_far_off_fails_the_checks():
     assert correctness_failures(run) is None
     run["correctness"].update(calls_with_problems=2, problem_kinds={"late audio of an interrupted item": 2})
     assert correctness_failures(run) == "2/10 calls with problems (late audio of an interrupted item ×2)"
+
+
+# ------------------------------------------------------------------------------- medians of runs
+def test_medians_of_runs_and_ratios_within_each_run(tmp_path: Path):
+    import copy
+    import json
+
+    from bench.medians import load_runs, medians, render
+
+    base = json.loads((Path(__file__).with_name("data") / "load_runs.json").read_text())
+    paths = []
+    for i, cpu in enumerate((1.0, 3.0, 2.0)):
+        data = copy.deepcopy(base)
+        data["runs"]["gateway"]["cpu"]["per_call_second_ms"] = cpu
+        data["ratios"]["sdk"]["cpu_per_call_second"] = 10.0 - cpu
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "load.json").write_text(json.dumps(data))
+        paths.append(tmp_path / f"r{i}")
+    del base["runs"]["naive"]  # a run without one baseline still counts for the others
+    (tmp_path / "r3.json").write_text(json.dumps(base))
+    result = medians(load_runs([*paths, tmp_path / "r3.json"]))
+    cpu = result["figures"]["gateway"]["CPU per call-second (ms)"]
+    recorded = base["runs"]["gateway"]["cpu"]["per_call_second_ms"]  # 5.2 ms: the 4th run's
+    assert (cpu["median"], cpu["min"], cpu["max"], cpu["n"]) == (2.5, 1.0, recorded, 4)
+    assert result["figures"]["naive"]["CPU per call-second (ms)"]["n"] == 3
+    assert result["ratios"]["sdk"]["cpu_per_call_second"]["median"] == pytest.approx(7.5)  # 9, 7, 8 and 1.65
+    text = render(result)
+    assert text.startswith("medians of 4 runs") and "sdk over the gateway, within each run" in text
