@@ -203,7 +203,7 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
                 if skipped:
                     v.inbound_lost_at_start_ms = skipped * 20.0
                     problems.append(f"caller audio lost at the start: the first {skipped} frames "
-                                    f"({skipped * 20} ms) never reached the model, the rest did, in order")
+                                    f"({skipped * 20} ms); the rest arrived in order")
                 else:
                     problems.append("caller audio altered, reordered or duplicated on the way upstream")
         if sent_bytes - n > TAIL_TOLERANCE_BYTES:
