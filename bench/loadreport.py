@@ -60,6 +60,8 @@ def cpu_target_ms(st: Settings) -> float:
 def _miss(value: float, target: float, higher_is_better: bool, unit: str) -> str:
     if higher_is_better:
         return f"short by {target - value:.3g}{unit} ({(target - value) / target:.0%})"
+    if not target:  # a count that must be zero (underruns, lost audio)
+        return f"over by {value - target:.3g}{unit}"
     return f"over by {value - target:.3g}{unit} (+{(value - target) / target:.0%})"
 
 

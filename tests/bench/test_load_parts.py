@@ -252,3 +252,12 @@ def test_medians_of_runs_and_ratios_within_each_run(tmp_path: Path):
     assert result["ratios"]["sdk"]["cpu_per_call_second"]["median"] == pytest.approx(7.5)  # 9, 7, 8 and 1.65
     text = render(result)
     assert text.startswith("medians of 4 runs") and "sdk over the gateway, within each run" in text
+
+
+def test_a_count_target_of_zero_reports_the_excess():
+    """Underruns and lost audio must be zero: a miss says by how many (no percentage of zero)."""
+    from bench.loadreport import _target
+
+    t = _target("underruns", 3, 0, False, "")
+    assert (t["met"], t["miss"]) == (False, "over by 3")
+    assert _target("underruns", 0, 0, False, "")["met"] is True
