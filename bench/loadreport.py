@@ -22,6 +22,7 @@ INTERRUPT_P99_TARGET_MS = 5.0
 TRUNCATE_P99_TARGET_MS = 20.0
 MEMORY_TARGET_KIB = 64.0
 BASELINE_RATIO_TARGET = 5.0  # the gateway needs at least this many times less CPU per call (naive, sdk)
+CARRIED_MIN = 0.95  # a baseline that handled fewer of the gateway's messages did less work
 RATIO_TARGET_BASELINES = {"sdk": "SDK baseline", "naive": "naive baseline"}
 PHASE_LABELS = {PHASE_GENERATING: "while the model generates", PHASE_PLAYING: "after generation, still playing",
                 PHASE_REBARGE: "again 0.5 s into the next reply", PHASE_QUIET: "after the answer played"}
@@ -129,8 +130,11 @@ def evaluate_targets(st: Settings, runs: dict[str, Run]) -> list[dict[str, Any]]
             continue
         a, b = g["cpu"]["per_call_second_ms"], base["cpu"]["per_call_second_ms"]
         failed = correctness_failures(base)
+        notes = [f"{name}: {n}" for n in (carried_note(ratios({"gateway": g, name: base})[name]),) if n]
+        if failed:
+            notes.append(f"{name} fails correctness: {failed}")
         out.append(_target(f"CPU per call vs {label_b} (×less)", b / a if a and b else None, BASELINE_RATIO_TARGET,
-                           True, "×", f"{name} fails correctness: {failed}" if failed else ""))
+                           True, "×", "; ".join(notes)))
     return out
 
 
@@ -145,13 +149,33 @@ def ratios(runs: dict[str, Run]) -> dict[str, dict[str, float | None]]:
         ma, mb = g["memory"]["per_call_kib"], r["memory"]["per_call_kib"]
         la = g["latency_ms"]["inbound"]["p99"], g["latency_ms"]["outbound"]["p99"]
         lb = r["latency_ms"]["inbound"]["p99"], r["latency_ms"]["outbound"]["p99"]
+        na, nb = _messages_handled(g), _messages_handled(r)
+        carried = nb / na if na and nb is not None else None
         out[name] = {
             "cpu_per_call_second": b / a if a and b else None,  # > 1: the gateway is cheaper
             "memory_per_call": mb / ma if ma and mb else None,
             "p99_inbound_latency": lb[0] / la[0] if la[0] and lb[0] else None,
             "p99_outbound_latency": lb[1] / la[1] if la[1] and lb[1] else None,
+            # the baseline's messages in + out over the gateway's: < 1 when it lost calls or fell
+            # behind, and then its CPU per call-second is for less work
+            "messages_handled": carried,
+            "cpu_per_message": b / a / carried if a and b and carried else None,
         }
     return out
+
+
+def _messages_handled(run: Run) -> float | None:
+    m = run.get("messages_per_call_second") or {}
+    return (m["in"] + m["out"]) if m.get("in") is not None and m.get("out") is not None else None
+
+
+def carried_note(x: dict[str, float | None]) -> str | None:
+    """Why a baseline's CPU ratio is not comparable: it handled a smaller share of the load."""
+    carried = x.get("messages_handled")
+    if carried is None or carried >= CARRIED_MIN:
+        return None
+    return (f"it handled only {carried:.0%} of the gateway's messages (calls failed or it fell behind): "
+            f"compare per message ({fmt(x['cpu_per_message'])}×)")
 
 
 # ==================================================================================== the table
@@ -289,6 +313,9 @@ def ratio_lines(rat: dict[str, dict[str, float | None]], runs: dict[str, Run] | 
         line = (f"vs {name}: {name} uses {fmt(x['cpu_per_call_second'])}× the gateway's CPU per call-second, "
                 f"{fmt(x['memory_per_call'])}× its memory per call; p99 latency in/out "
                 f"{fmt(x['p99_inbound_latency'])}×/{fmt(x['p99_outbound_latency'])}×")
+        note = carried_note(x)
+        if note is not None:
+            line += f"\n    ! not the same work: {note}"
         run = (runs or {}).get(name)
         if run is not None:
             failed = correctness_failures(run)

@@ -261,3 +261,23 @@ def test_a_count_target_of_zero_reports_the_excess():
     t = _target("underruns", 3, 0, False, "")
     assert (t["met"], t["miss"]) == (False, "over by 3")
     assert _target("underruns", 0, 0, False, "")["met"] is True
+
+
+def test_a_baseline_that_carried_less_of_the_load_is_compared_per_message():
+    """At 500 calls on 2 cores the baselines lost most calls: their CPU per call-second was for a
+    fraction of the gateway's work. The ratios say how much of it they handled and compare per
+    message; the report says the per call-second ratio is not the same work."""
+    import copy
+    import json
+
+    from bench.loadreport import ratio_lines, ratios
+
+    runs = json.loads((Path(__file__).with_name("data") / "load_runs.json").read_text())["runs"]
+    runs = {"gateway": runs["gateway"], "sdk": copy.deepcopy(runs["sdk"])}
+    m = runs["sdk"]["messages_per_call_second"]
+    m["in"], m["out"] = m["in"] * 0.4, m["out"] * 0.4
+    x = ratios(runs)["sdk"]
+    assert x["messages_handled"] == pytest.approx(0.4, rel=0.02)
+    assert x["cpu_per_message"] == pytest.approx(x["cpu_per_call_second"] / x["messages_handled"])
+    [line] = ratio_lines({"sdk": x}, runs)
+    assert "! not the same work: it handled only 40% of the gateway's messages" in line
