@@ -72,8 +72,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, baseline: bool = True)
     parser.add_argument("--syscalls", choices=("proc", "perf"), default="proc",
                         help="proc (default): read/write-family system calls from /proc/<pid>/io (syscr, syscw) "
                              "and context switches, free; perf: also every system call, by name, counted by "
-                             "`perf stat` on the syscall tracepoints in the window (exact, adds ~0.15 µs to every "
-                             "system call on the machine while it counts)")
+                             "`perf stat` on the syscall tracepoints in the window (exact, but every system call "
+                             "on the machine gets slower while it counts: take CPU figures from other runs)")
     parser.add_argument("--keep-work", action="store_true", help="keep the raw records and process logs")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
