@@ -290,6 +290,7 @@ class Call:
         old, self._up = self._up, None
         self.direct_off()
         self.caller.hold()
+        self.continuity.session_lost()
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
@@ -350,8 +351,9 @@ class Call:
         self._upstream_violation(UpstreamViolation.OVERSIZED, f"a message over {limit} bytes")
 
     def on_upstream(self, message: bytes | memoryview) -> None:
-        """One text message from the upstream session."""
-        if self.state is not State.STREAMING:
+        """One text message from the upstream session (``session.created`` may precede
+        ``upstream_connected``: the socket delivers as soon as the handshake is done)."""
+        if self.ended:
             return
         try:
             if self._pcm16:

@@ -324,7 +324,8 @@ VARIABLES: tuple[Var, ...] = (
         "An upstream that stops reading for this long is replaced (reconnect); meanwhile caller audio is held "
         "(GATEWAY_MAX_PENDING_AUDIO_MS, oldest dropped).", minimum=1, maximum=300),
     Var("GATEWAY_TWILIO_STALL_MS", "twilio_stall_ms", 5000, parse_int,
-        "A Twilio socket that stops reading is closed (outcome twilio_stalled) once this much audio waits for it.",
+        "A Twilio socket that stops reading for this long while audio is sent to it is closed (outcome "
+        "twilio_stalled); meanwhile at most 6x this much audio is buffered for it.",
         minimum=500, maximum=60_000),
     Var("GATEWAY_LOG_LEVEL", "log_level", "INFO", parse_upper, "Log level (any case).", choices=LOG_LEVELS),
     Var("GATEWAY_WORKERS", "workers", 0, parse_int, "Worker processes of `gateway serve` (0 = one per CPU core).",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.continuity")
 BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 4.0)  # before attempt 1, 2, ...
-EXPIRY_MARGIN_S = 300.0  # roll over this long before the server's expires_at
+EXPIRY_MARGIN_S = 300.0  # roll over this long before the server's expires_at (a quarter of a short session)
 QUIET_WAIT_S = 120.0  # the longest a rollover waits for a quiet moment before switching anyway
 QUIET_CHECK_S = 0.25
 
@@ -100,6 +100,7 @@ class Continuity:
         self._rollover_timer: Any = None
         self._standby: _Standby | None = None
         self._quiet_deadline = 0.0
+        self._expiry_due: float | None = None  # monotonic: this session's rollover, from expires_at
 
     @property
     def reconnecting(self) -> bool:
@@ -168,15 +169,23 @@ class Continuity:
 
     # ------------------------------------------------------------------ rollover
     def session_started(self) -> None:
-        """A session took over: its rollover is due after GATEWAY_MAX_SESSION_S."""
+        """A session took over: its rollover is due after GATEWAY_MAX_SESSION_S, or before its
+        ``expires_at`` (whose ``session.created`` may have come first)."""
         self._session_started = time.monotonic()
-        self._schedule_rollover(self._session_started + self.call.settings.max_session_s)
+        due = self._session_started + self.call.settings.max_session_s
+        self._schedule_rollover(min(due, self._expiry_due) if self._expiry_due is not None else due)
 
     def expires_at(self, unix: int) -> None:
         """The server said when this session stops working: roll over well before."""
         if unix:
-            due = time.monotonic() + (unix - time.time()) - EXPIRY_MARGIN_S
-            self._schedule_rollover(min(self._rollover_at, max(time.monotonic() + 1.0, due)))
+            remaining = unix - time.time()
+            self._expiry_due = max(time.monotonic() + 1.0,
+                                   time.monotonic() + remaining - min(EXPIRY_MARGIN_S, remaining / 4))
+            self._schedule_rollover(min(self._rollover_at, self._expiry_due))
+
+    def session_lost(self) -> None:
+        """The session is gone: its expiry no longer matters (the next one will say its own)."""
+        self._expiry_due = None
 
     def _schedule_rollover(self, at: float) -> None:
         self._cancel_rollover()
@@ -226,9 +235,10 @@ class Continuity:
         self._standby = None
         count(self.call, Reconnect.ROLLOVER)
         log.info("upstream session rollover: switching now", extra=self.call.log_extra())
+        self.session_lost()
         self.call.switch_upstream(standby.link)
-        self.session_started()
         self.expires_at(standby.expires_at)
+        self.session_started()
 
     def stop(self) -> None:
         for timer in (self._timer, self._stall_timer):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, TypedDict
 
@@ -132,6 +133,20 @@ class WSSender:
         if not transport.is_close_frame_sent:
             transport.send_close(WSCloseCode(code), reason.encode())
         transport.disconnect()
+
+
+# Kernel send buffers of the gateway's sockets (both legs), instead of Linux's autotuning up to
+# tcp_wmem's 4 MiB: that much per socket is memory a stalled peer could pin per call (thousands of
+# calls). 64 KiB holds over a second of either leg's traffic and sustains far more than a call's
+# bandwidth at any realistic round trip; a peer that stops reading is noticed in seconds.
+SOCKET_SNDBUF = 64 * 1024
+
+
+def bound_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """Cap a connected socket's kernel send buffer at SOCKET_SNDBUF (ends autotuning)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF)
 
 
 class ServerWSSender(WSSender):

@@ -31,7 +31,7 @@ from .http import MEDIA_PATH, forwarded_base, make_app, media_url
 from .metrics import GatewayMetrics
 from .openai.upstream import UpstreamConnector
 from .outcomes import EndReason, RejectReason
-from .picows_adapter import check_server_protocol, server_protocol_factory
+from .picows_adapter import bound_send_buffer, check_server_protocol, server_protocol_factory
 from .sender import Sender
 from .twilio.media import TwilioMediaListener
 from .twilio.signature import validate_signature
@@ -67,6 +67,7 @@ class PortDispatcher(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not asyncio.Transport subclasses, only alike).
         self._transport = cast(asyncio.Transport, transport)
+        bound_send_buffer(transport)
         self._timer = asyncio.get_running_loop().call_later(FIRST_LINE_TIMEOUT_S, self._transport.close)
 
     def data_received(self, data: bytes) -> None:
@@ -265,9 +266,12 @@ class Gateway:
                 return WSUpgradeResponseWithListener(
                     WSUpgradeResponse.create_error_response(403, b"invalid signature\n"), None
                 )
-        # μ-law bytes per second, base64 (4/3) in JSON media messages with their marks: ≈ 11.2 KB/s
-        stall_bytes = int(self.settings.twilio_stall_ms * 11.2)
-        listener = TwilioMediaListener(self._make_call, self.settings.max_frame_bytes, stall_bytes)
+        # A Twilio socket that does not read for GATEWAY_TWILIO_STALL_MS ends its call; whatever
+        # the time, no more than 6x that much audio (≈ 11.2 bytes of media message per μ-law ms)
+        # is buffered for it meanwhile.
+        stall_ms = self.settings.twilio_stall_ms
+        listener = TwilioMediaListener(self._make_call, self.settings.max_frame_bytes, stall_ms / 1000,
+                                       int(stall_ms * 11.2 * 6))
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         if SUBPROTOCOL in (p.strip() for p in offered.split(",")):
             return WSUpgradeResponseWithListener(

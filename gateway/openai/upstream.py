@@ -17,7 +17,7 @@ from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTrans
 
 from ..config import Settings
 from ..outcomes import UpstreamFailure
-from ..picows_adapter import WSSender, tls_buffer_options
+from ..picows_adapter import WSSender, bound_send_buffer, tls_buffer_options
 from ..reassembly import Fragment, Reassembler
 
 log = logging.getLogger("gateway.upstream")
@@ -217,6 +217,7 @@ class UpstreamConnector:
             transport.disconnect()
             return
         assert isinstance(_listener, UpstreamListener)
+        bound_send_buffer(transport.underlying_transport)
         sink.upstream_connected(UpstreamLink(transport, _listener), loop.time() - t0)
 
     async def aclose(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import math
+import socket
 import ssl
 import string
 import time
@@ -78,6 +79,7 @@ class OpenAISimConfig:
     vad_threshold_dbfs: float = -40.0  # energy VAD on appended audio (20 ms windows)
     vad_min_speech_ms: int = 60  # speech must last this long before speech_started
     session_max_s: float = 3600.0  # then error session_expired + close 1001
+    rcvbuf_bytes: int = 0  # SO_RCVBUF of accepted sockets (0 = the kernel's); tests of a stalled reader
     reject_beta_header: bool = True  # `OpenAI-Beta` header → error beta_api_shape_disabled + close
     seed: int = 0
     record_audio: bool = True  # keep appended input audio bytes (off for load benches: counters only)
@@ -1472,7 +1474,12 @@ class OpenAIRealtimeSim:
         self._loop = asyncio.get_running_loop()
         self._warm_up()
         self._pacer = _Pacer(self._loop, self.config.chunk_ms / self.config.pace / 1000)
-        self._server = await ws_create_server(self._route, host, port, ssl=ssl_context,
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.config.rcvbuf_bytes:  # small windows make a server that stops reading felt in seconds
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf_bytes)
+        sock.bind((host, port))
+        self._server = await ws_create_server(self._route, sock=sock, ssl=ssl_context,
                                               max_frame_size=32 * 1024 * 1024)
         bound_port = self._server.sockets[0].getsockname()[1]
         self.url = f"{'wss' if ssl_context else 'ws'}://{host}:{bound_port}/v1/realtime?model={DEFAULT_MODEL}"

@@ -6,6 +6,7 @@ callback (the fast path copies what it keeps).
 """
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
@@ -34,11 +35,13 @@ class MediaSink(Protocol):
 class TwilioMediaListener(WSListener):
     """One per media socket; creates its sink when the socket opens."""
 
-    def __init__(self, make_sink: Callable[[Sender], MediaSink], max_message_bytes: int,
+    def __init__(self, make_sink: Callable[[Sender], MediaSink], max_message_bytes: int, stall_s: float,
                  stall_bytes: int) -> None:
         self._make_sink = make_sink
         self._max = max_message_bytes
+        self._stall_s = stall_s
         self._stall_bytes = stall_bytes
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._fragments = Reassembler(max_message_bytes)
         self.sink: MediaSink | None = None
         self._sender: ServerWSSender | None = None
@@ -48,15 +51,21 @@ class TwilioMediaListener(WSListener):
         self.sink = self._make_sink(self._sender)
 
     def _stalled(self) -> None:
+        self._stall_timer = None
         if self.sink is not None:
             self.sink.on_twilio_stalled()
 
     def pause_writing(self) -> None:
-        """Twilio stopped reading (the socket's buffer is above its high-water mark)."""
-        if self._sender is not None:
+        """Twilio does not read (the socket's buffer is above its high-water mark): if it still
+        does not after the stall time, the call ends (a bounded burst is no stall)."""
+        if self._sender is not None and not self._sender.paused:
             self._sender.paused = True
+            self._stall_timer = asyncio.get_running_loop().call_later(self._stall_s, self._stalled)
 
     def resume_writing(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._sender is not None:
             self._sender.resume()
 
@@ -81,6 +90,9 @@ class TwilioMediaListener(WSListener):
                 sink.on_twilio(b"")  # continuation without a start: reported as invalid JSON
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         sink = self.sink
         if sink is None:
             return
