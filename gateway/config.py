@@ -376,6 +376,9 @@ class Settings:
     twilio_api_key: str = ""
     twilio_api_secret: str = dataclasses.field(default="", repr=False)
     twilio_api_base_url: str = "https://api.twilio.com"
+    redis_url: str = dataclasses.field(default="", repr=False)
+    cluster_max_calls: int = 0
+    pod_name: str = ""
     upstream_ping_idle_s: float = 10.0
     upstream_ping_timeout_s: float = 5.0
     upstream_reconnect_attempts: int = 3
@@ -384,9 +387,6 @@ class Settings:
     max_session_s: float = 3300.0
     upstream_stall_s: float = 10.0
     twilio_stall_ms: int = 5000
-    redis_url: str = dataclasses.field(default="", repr=False)
-    cluster_max_calls: int = 0
-    pod_name: str = ""
     log_level: str = "INFO"
     workers: int = 0
     max_calls: int = 2000
