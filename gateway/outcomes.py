@@ -113,6 +113,16 @@ class RejectReason(enum.StrEnum):
     BAD_SIGNATURE = "bad_signature"
 
 
+class ConnectionRefusal(enum.StrEnum):
+    """Why a connection was closed before its request reached a handler
+    (``gateway_rejected_connections_total{reason}``)."""
+
+    SLOW_REQUEST = "slow_request"  # head (and body) not in within the request timeout
+    OVERSIZED_HEAD = "oversized_head"
+    BAD_BODY = "bad_body"  # chunked, unreadable Content-Length, or beyond the body limit
+    TOO_MANY = "too_many"  # the worker's limit of connections still sending their request
+
+
 class TwilioViolation(enum.StrEnum):
     """Kinds of invalid input on the Twilio media socket (``protocol_errors{side="twilio"}``)."""
 

@@ -178,7 +178,7 @@ def parse(message: bytes | memoryview) -> ServerEvent | None:
     """The typed event of one server message, None for types the gateway does not act on."""
     try:
         kind = _envelope.decode(message).type
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UpstreamProtocolError(f"not a JSON object with a string 'type': {exc}",
                                     UpstreamViolation.INVALID_MESSAGE) from None
     decoder = _decoders.get(kind)
@@ -186,5 +186,5 @@ def parse(message: bytes | memoryview) -> ServerEvent | None:
         return None
     try:
         return decoder.decode(message)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UpstreamProtocolError(f"{kind}: {exc}", UpstreamViolation.INVALID_FIELDS) from None

@@ -87,7 +87,8 @@ class UpstreamListener(WSListener):
             return
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT and frame.fin:
-            sink.on_upstream(frame.get_payload_as_memoryview())
+            if not transport.is_close_frame_sent:  # see TwilioMediaListener: picows's oversized frames
+                sink.on_upstream(frame.get_payload_as_memoryview())
         elif msg_type is WSMsgType.CLOSE:
             code = frame.get_close_code()
             reason = frame.get_close_reason()

@@ -74,7 +74,10 @@ class TwilioMediaListener(WSListener):
         assert sink is not None  # picows calls on_ws_connected first
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT and frame.fin:
-            sink.on_twilio(frame.get_payload_as_memoryview())
+            # picows refuses a frame over max_frame_size by sending a close, yet still delivers its
+            # payload once it arrives: nothing may pass once a close is sent (one flag read).
+            if not transport.is_close_frame_sent:
+                sink.on_twilio(frame.get_payload_as_memoryview())
         elif msg_type is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
