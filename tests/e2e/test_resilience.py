@@ -112,8 +112,11 @@ def test_session_expired_mid_reply_reconnects(run):
             gw = st.gateway
             assert gw is not None
             ended = dict(gw.ended)
+            metrics = gw.metrics.render()[0].decode()
         assert ended == {"completed": 1} and str(record.outcome) == "completed"
         assert len(sessions) >= 2
+        expired = [line for line in metrics.splitlines() if line.startswith("gateway_upstream_errors_total")]
+        assert expired == ['gateway_upstream_errors_total{code="session_expired"} 1.0'], expired  # counted once
         assert any(e.code == "session_expired" for e in sessions[0].errors) or sessions[0].close_reason
 
     run(scenario())
