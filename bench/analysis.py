@@ -15,6 +15,7 @@ import math
 import re
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +115,10 @@ class CallVerdict:
     problems: list[str] = field(default_factory=list)
     lat_in: list[float] = field(default_factory=list)  # ms, frames sent inside the window
     lat_out: list[float] = field(default_factory=list)
+    # ms, the media messages that started a playback run at Twilio (its buffer was empty: the
+    # caller was waiting for them): the outbound latency a caller can hear. Paced playout holds
+    # the rest back on purpose, so only these say what it adds.
+    lat_first: list[float] = field(default_factory=list)
     out_method: str = ""
     truncate_err: list[float] = field(default_factory=list)  # signed ms (audio_end_ms - heard)
     truncate_phase: list[str] = field(default_factory=list)  # the phase of the turn behind each (loadplan.PHASES)
@@ -322,6 +327,7 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
 
     # ---- outbound latency: OpenAI sim sent the delta -> Twilio sim received its media message
     lat_out = []
+    run_starts = playback_run_starts(starts_at, played)
     if items is not None and mode == "passthrough":
         v.out_method = "content"
         sent_at = {(it, off): t for it, off, t in zip(d_item, d_off, d_t, strict=True)}
@@ -330,6 +336,8 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
                 t = sent_at.get(hit)
                 if t is not None:
                     lat_out.append((chunks_t[i] - t) * 1000.0)
+                    if i in run_starts:
+                        v.lat_first.append(lat_out[-1])
     elif items is not None:
         # pcm16: one media message per delta (the resampler tail of an item comes last): the
         # k-th message of an item, in item order, carries the k-th delta of that item.
@@ -347,11 +355,16 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
                 sends = per_item.get(it, ())
                 if k < len(sends) and w0 <= chunks_t[i] <= w1 and chunks_t[i] >= sends[k]:
                     lat_out.append((chunks_t[i] - sends[k]) * 1000.0)
+                    if i in run_starts:
+                        v.lat_first.append(lat_out[-1])
     else:
         v.out_method = "session order"  # every delta forwarded, in order (naive bridge)
         if len(sizes) <= len(d_t):
-            lat_out.extend((chunks_t[i] - d_t[i]) * 1000.0 for i in range(len(sizes))
-                           if w0 <= chunks_t[i] <= w1 and chunks_t[i] >= d_t[i])
+            for i in range(len(sizes)):
+                if w0 <= chunks_t[i] <= w1 and chunks_t[i] >= d_t[i]:
+                    lat_out.append((chunks_t[i] - d_t[i]) * 1000.0)
+                    if i in run_starts:
+                        v.lat_first.append(lat_out[-1])
     v.lat_out = lat_out
 
     # ---- interrupt: speech_started sent by the model -> clear received by Twilio
@@ -366,6 +379,19 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
             v.stop_ms.append((effect_at - call["turns"][before[-1]][1]) * 1000.0)
             v.stop_phase.append(turn_phase(call, before[-1]))
     return v
+
+
+def playback_run_starts(starts_at: Sequence[float], played: Sequence[int]) -> set[int]:
+    """Indexes of the media messages that began playing on an idle Twilio buffer (Twilio time)."""
+    out = set()
+    busy_until = -math.inf
+    for i, start in enumerate(starts_at):
+        if math.isnan(start):
+            continue
+        if start > busy_until + UNDERRUN_SLACK_S:
+            out.add(i)
+        busy_until = max(busy_until, start + played[i] / 8000.0)
+    return out
 
 
 def turn_phase(call: dict[str, Any], k: int) -> str:
@@ -416,6 +442,7 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
         upstream_errors.update(v.upstream_errors)
     lat_in = np.concatenate([np.asarray(v.lat_in) for v in verdicts]) if verdicts else np.zeros(0)
     lat_out = np.concatenate([np.asarray(v.lat_out) for v in verdicts]) if verdicts else np.zeros(0)
+    lat_first = np.concatenate([np.asarray(v.lat_first) for v in verdicts]) if verdicts else np.zeros(0)
     trunc = np.asarray([e for v in verdicts for e in v.truncate_err])
     trunc_phase = [p for v in verdicts for p in v.truncate_phase]
     interrupt = np.asarray([x for v in verdicts for x in v.interrupt_ms])
@@ -466,7 +493,7 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
             "truncates": sum(v.truncates for v in verdicts),
             "truncates_censored_by_hangup": sum(v.truncates_censored for v in verdicts),
         },
-        "latency_ms": {"inbound": stats(lat_in), "outbound": stats(lat_out),
+        "latency_ms": {"inbound": stats(lat_in), "outbound": stats(lat_out), "outbound_first": stats(lat_first),
                        "outbound_method": verdicts[0].out_method if verdicts else ""},
         "interrupt_ms_sims": stats(interrupt),
         "stop_ms": {**stats(stop), "by_phase": by_phase(stop.tolist(), stop_phase)},

@@ -3,8 +3,8 @@
 Three kinds of processes, all on this machine:
   * the OpenAI Realtime simulator (uvloop; TLS with a throw-away CA unless --no-tls),
   * the system under test: `gateway serve --workers W` configured by environment variables
-    (--baseline pure: the same with GATEWAY_NO_EXTENSIONS=1; --baseline naive: the bridge in
-    bench/baselines/naive_bridge.py; --baseline sdk: the OpenAI Agents SDK's
+    (--baseline burst: the same with GATEWAY_PLAYOUT=burst; pure: with GATEWAY_NO_EXTENSIONS=1;
+    naive: the bridge in bench/baselines/naive_bridge.py; sdk: the OpenAI Agents SDK's
     TwilioRealtimeTransportLayer on Node, bench/baselines/sdk/, npm ci on first use; each
     baseline runs after the gateway, under the same load),
   * Twilio simulators as load generators (uvloop; one process per ~250 calls).
@@ -100,7 +100,8 @@ def sdk_problem(st: Settings) -> str | None:
 
 def headline(st: Settings, targets: list[str]) -> str:
     return (f"bench load: {st.calls} calls × {st.duration:g} s steady state, {st.mode}"
-            f"{' + TLS' if st.tls else ''}, coalesce {st.coalesce}, {st.delta_ms} ms deltas, Twilio latency "
+            f"{' + TLS' if st.tls else ''}, coalesce {st.coalesce}, {st.playout} playout, {st.delta_ms} ms deltas, "
+            f"Twilio latency "
             f"{st.latency_ms:g} ± {st.jitter_ms:g} ms, barge-in share {st.barge_in_share:g} (again 0.5 s into the "
             f"next reply: {st.rebarge_share:g} of them), {st.n_generators()} load generator(s), "
             f"targets: {', '.join(targets)}")

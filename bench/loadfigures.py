@@ -227,6 +227,8 @@ def summarise(st: Settings, target: str, system: str, tl: Timeline, readings: Re
     summary = {
         "target": target,
         "system": system,
+        # the baselines forward every delta at once, like the gateway's burst playout
+        "playout": st.playout if target in ("gateway", "pure") else "burst",
         "calls": st.calls,
         "timeline_s": timeline_figures(tl, st.settle, w.seconds, readings.stop_s),
         "cpu": cpu_figures(st.calls, w, readings.idle_cpu_rate),
@@ -235,7 +237,7 @@ def summarise(st: Settings, target: str, system: str, tl: Timeline, readings: Re
         "syscalls_per_call_second": syscall_figures(st.calls, w, messages),
         **result,
     }
-    if target in ("gateway", "pure"):
+    if target in ("gateway", "burst", "pure"):
         summary["gateway_metrics"] = metrics_summary(w.metrics0, w.metrics1, readings.metrics_final)
     if profile is not None:
         summary["profile"] = profile

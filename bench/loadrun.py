@@ -49,7 +49,7 @@ NAIVE_MEDIA_HOST = "media.gateway.bench.test"
 AUTH_TOKEN = secrets.token_hex(16)  # the simulated Twilio account's auth token (signatures, call tokens)
 GREETING = "Greet the caller and offer help with their order."
 NAIVE_SYSTEM = "bench/baselines/naive_bridge.py (1 process, asyncio websockets + json + base64 + audioop)"
-SCRAPED = ("gateway", "pure")  # targets with the gateway's /metrics
+SCRAPED = ("gateway", "burst", "pure")  # targets with the gateway's /metrics
 
 Progress = Callable[[str], None]
 
@@ -131,6 +131,7 @@ def sut_command(st: Settings, target: str, port: int, upstream: dict[str, Any]) 
         "GATEWAY_COALESCE_FRAMES": str(st.coalesce), "GATEWAY_TWILIO_LATENCY_MS": str(st.latency_ms),
         "GATEWAY_LOG_LEVEL": st.log_level, "GATEWAY_DRAIN_TIMEOUT_S": "2",
         "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_WORKERS": str(st.workers),
+        "GATEWAY_PLAYOUT": "burst" if target == "burst" else st.playout,
     }
     if target == "naive":
         media_port = free_port()

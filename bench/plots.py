@@ -16,7 +16,7 @@ def _plt():
     return plt
 
 
-COLORS = {"gateway": "#1f77b4", "pure": "#ff7f0e", "naive": "#d62728", "sdk": "#2ca02c"}
+COLORS = {"gateway": "#1f77b4", "burst": "#9467bd", "pure": "#ff7f0e", "naive": "#d62728", "sdk": "#2ca02c"}
 
 
 def load_plots(outputs: dict[str, Any], out_dir: Path) -> list[Path]:

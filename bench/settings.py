@@ -11,7 +11,7 @@ from .loadplan import DEFAULT_DELTA_MS, REBARGE_SHARE
 from .profile import DEFAULT_RATE_HZ as DEFAULT_PROFILE_RATE_HZ
 
 CALLS_PER_GENERATOR = 250
-BASELINES = ("pure", "naive", "sdk")
+BASELINES = ("burst", "pure", "naive", "sdk")
 
 
 def positive_int(text: str) -> int:
@@ -42,13 +42,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, baseline: bool = True)
     parser.add_argument("--mode", choices=("passthrough", "pcm16"), default="passthrough",
                         help="GATEWAY_AUDIO_MODE (default passthrough)")
     parser.add_argument("--coalesce", type=positive_int, default=1, help="GATEWAY_COALESCE_FRAMES (default 1)")
+    parser.add_argument("--playout", choices=("paced", "burst"), default="paced",
+                        help="GATEWAY_PLAYOUT of the gateway run (default paced; --baseline burst runs the other)")
     parser.add_argument("--latency-ms", type=float, default=40.0, help="simulated one-way Twilio latency (40)")
     parser.add_argument("--jitter-ms", type=float, default=10.0, help="± jitter on it (10)")
     parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
                         help="TLS between the gateway and the OpenAI simulator (default on, as in production)")
     if baseline:
         parser.add_argument("--baseline", type=_baselines, default=[],
-                            help="also run, under the same load: none (default), pure (the gateway with "
+                            help="also run, under the same load: none (default), burst (the gateway with "
+                                 "GATEWAY_PLAYOUT=burst: every delta to Twilio at once), pure (the gateway with "
                                  "GATEWAY_NO_EXTENSIONS=1), naive (bench/baselines/naive_bridge.py), sdk (the "
                                  "OpenAI Agents SDK's TwilioRealtimeTransportLayer on Node: bench/baselines/sdk/, "
                                  "installed with npm ci on first use) or a comma list such as sdk,naive; reported "
@@ -87,6 +90,7 @@ class Settings:
     workers: int = 1
     mode: str = "passthrough"
     coalesce: int = 1
+    playout: str = "paced"
     latency_ms: float = 40.0
     jitter_ms: float = 10.0
     tls: bool = True
@@ -106,6 +110,7 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace, calls: int, duration: float) -> Settings:
         return cls(calls=calls, duration=duration, workers=args.workers, mode=args.mode, coalesce=args.coalesce,
+                   playout=args.playout,
                    latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, tls=args.tls, delta_ms=args.delta_ms,
                    barge_in_share=args.barge_in_share, rebarge_share=args.rebarge_share, ramp_rate=args.ramp_rate,
                    settle=args.settle, generators=args.generators, seed=args.seed, log_level=args.log_level,

@@ -35,7 +35,8 @@ from .openai import events as oa
 from .openai import server_events as se
 from .openai.upstream import UpstreamLink
 from .outcomes import EndReason, Outcome, Trigger, TwilioViolation, UpstreamFailure, UpstreamViolation
-from .playout import Playout
+from .pacer import Pacer
+from .playout import PacedOptions, Playout
 from .responses import LOCAL_PREFIX, Responses
 from .sender import Sender
 from .stats import CallStats, count
@@ -53,6 +54,11 @@ BENIGN_UPSTREAM_ERRORS = frozenset(
     {"response_cancel_not_active", "conversation_already_has_active_response", "invalid_value"}
 )
 FATAL_UPSTREAM_ERRORS = frozenset({"session_expired", "beta_api_shape_disabled"})
+
+
+def pacer_period_s(settings: Settings) -> float:
+    """The paced playout's beat: half a chunk, so the lead never drops a full chunk below its target."""
+    return settings.playout_chunk_ms / 2000.0
 
 
 class State(enum.Enum):
@@ -76,6 +82,7 @@ class Call:
         on_end: Callable[[Call], None] | None = None,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
         admit: Callable[[Call, str], None] | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.settings = settings
         self.state = State.CONNECTED
@@ -94,6 +101,10 @@ class Call:
         self._on_end = on_end
         self._call_later = call_later
         self._admit = admit  # the control plane's say on `start`; None: admitted at once
+        if pacer is None and call_later is not None and settings.playout == "paced":
+            pacer = Pacer(clock, call_later, pacer_period_s(settings))  # a call on its own (tests)
+        self._paced = (PacedOptions(pacer, settings.playout_lead_ms, settings.playout_chunk_ms)
+                       if pacer is not None and settings.playout == "paced" else None)
         self._up: UpstreamLink | None = None
         self._direct_up: Sender | None = None  # set while streaming one frame per append: the hot path
         self._connecting: Any = None  # handle of the upstream connect in progress (has .cancel())
@@ -115,7 +126,7 @@ class Call:
         self.caller = CallerAudio(self.stats, settings.coalesce_frames, settings.max_pending_audio_ms, transcode)
         self._in_resampler = self.caller.resampler
         self.playout = Playout(self._twilio, self.stats, self._clock, settings.twilio_latency_ms, transcode,
-                               self._call_later)
+                               self._call_later, self._paced)
         self._pcm16 = transcode
 
     @property
@@ -321,7 +332,7 @@ class Call:
     @property
     def quiet(self) -> bool:
         """A moment to switch sessions: no response, the caller silent, nothing playing at Twilio."""
-        return self.responses.active is None and not self._caller_speaking and not self.playout.ledger.busy
+        return self.responses.active is None and not self._caller_speaking and not self.playout.busy
 
     def upstream_failed(self, exc: BaseException, code: UpstreamFailure | str, counted: bool = False) -> None:
         """The upstream could not be opened or broke: a new session if the call is up, else the end."""
@@ -560,7 +571,7 @@ class Call:
 
     @property
     def audio_playing(self) -> bool:
-        return bool(self.playout.ledger.busy)
+        return self.playout.busy
 
     def play_local(self, tag: str, ulaw: bytes) -> None:
         if self.state is State.STREAMING and ulaw:
@@ -581,7 +592,7 @@ class Call:
         self._expected_end = reason
 
     def _check_played(self) -> None:
-        if self.responses.active is None and not self.playout.ledger.busy:
+        if self.responses.active is None and not self.playout.busy:
             self._played_or_timeout()
 
     def _played_or_timeout(self) -> None:

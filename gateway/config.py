@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 AUDIO_MODES = ("passthrough", "pcm16")
+PLAYOUT_MODES = ("paced", "burst")
 UNHEARD_ACTIONS = ("truncate", "delete", "skip")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TRY_THE_DEMO = "to try the gateway without any keys: `gateway demo`"
@@ -249,6 +250,15 @@ VARIABLES: tuple[Var, ...] = (
         "server_vad `interrupt_response` (server cancels its response on speech start)."),
     Var("GATEWAY_COALESCE_FRAMES", "coalesce_frames", 1, parse_int,
         "Inbound 20 ms frames per `input_audio_buffer.append` (1 = lowest latency).", minimum=1, maximum=50),
+    Var("GATEWAY_PLAYOUT", "playout", "paced", str,
+        "`paced`: model audio waits in the gateway and goes to Twilio in chunks, Twilio holding at most "
+        "GATEWAY_PLAYOUT_LEAD_MS ahead of its playhead. `burst`: every delta goes to Twilio at once.",
+        choices=PLAYOUT_MODES),
+    Var("GATEWAY_PLAYOUT_LEAD_MS", "playout_lead_ms", 300, parse_int,
+        "Paced playout: most audio Twilio holds ahead of its playhead (covers the latency to Twilio and the "
+        "pacer's period with room to spare).", minimum=100, maximum=5000),
+    Var("GATEWAY_PLAYOUT_CHUNK_MS", "playout_chunk_ms", 100, parse_int,
+        "Paced playout: audio per media message (one mark each) once the lead is built.", minimum=20, maximum=1000),
     Var("GATEWAY_TWILIO_LATENCY_MS", "twilio_latency_ms", 50.0, parse_float,
         "Initial one-way latency guess to Twilio until the first mark probe measures it.", minimum=0, maximum=2000),
     Var("GATEWAY_UNHEARD_ITEM_ACTION", "unheard_item_action", "truncate", str,
@@ -359,6 +369,9 @@ class Settings:
     vad_create_response: bool = True
     vad_interrupt_response: bool = True
     coalesce_frames: int = 1
+    playout: str = "paced"
+    playout_lead_ms: int = 300
+    playout_chunk_ms: int = 100
     twilio_latency_ms: float = 50.0
     unheard_item_action: str = "truncate"
     max_frame_bytes: int = 65536
@@ -459,6 +472,10 @@ class Settings:
                 and not {"upstream_ping_idle_s", "upstream_ping_timeout_s"} & set(wrong)):
             out.append("GATEWAY_UPSTREAM_PING_TIMEOUT_S must not exceed GATEWAY_UPSTREAM_PING_IDLE_S (picows waits for "
                        "a pong at most one idle period)")
+        if (self.playout_chunk_ms * 2 > self.playout_lead_ms
+                and not {"playout_chunk_ms", "playout_lead_ms"} & set(wrong)):
+            out.append("GATEWAY_PLAYOUT_CHUNK_MS must be at most half of GATEWAY_PLAYOUT_LEAD_MS (a chunk is sent when "
+                       "the lead has room for it; what remains must outlast the latency to Twilio)")
         if self.cluster_max_calls and not self.redis_url and "redis_url" not in wrong:
             out.append("GATEWAY_CLUSTER_MAX_CALLS needs GATEWAY_REDIS_URL: only the cluster's registry can count "
                        "every pod's calls")

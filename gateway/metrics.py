@@ -83,6 +83,9 @@ METRICS: tuple[Metric, ...] = (
                   Flush("bytes_out", ("outbound",), 1 / ULAW_BYTES_PER_S))),
     Metric("gateway_late_audio_dropped_total", Kind.COUNTER, "Model audio deltas of interrupted responses dropped.",
            flush=(Flush("deltas_dropped"),)),
+    Metric("gateway_playout_underruns_total", Kind.COUNTER,
+           "Paced playout: times Twilio's lead ran dry while model audio was held back in the gateway "
+           "(the pacer was late; each is a gap the caller hears).", flush=(Flush("playout_underruns"),)),
     Metric("gateway_caller_audio_dropped_seconds_total", Kind.COUNTER,
            "Caller audio lost while the upstream session was opening (beyond GATEWAY_MAX_PENDING_AUDIO_MS).",
            flush=(Flush("caller_audio_dropped_bytes", scale=1 / ULAW_BYTES_PER_S),)),

@@ -21,7 +21,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 
 from .agents.profiles import Agents, load
 from .agents.services import AgentServices
-from .call import Call, State
+from .call import Call, State, pacer_period_s
 from .config import Settings
 from .control import commands
 from .control.model import CallInfo, Verb
@@ -31,6 +31,7 @@ from .http import MEDIA_PATH, forwarded_base, make_app, media_url
 from .metrics import GatewayMetrics
 from .openai.upstream import UpstreamConnector
 from .outcomes import ConnectionRefusal, EndReason, RejectReason
+from .pacer import Pacer
 from .picows_adapter import bound_send_buffer, check_server_protocol, server_protocol_factory
 from .sender import Sender
 from .twilio.media import TwilioMediaListener
@@ -205,6 +206,7 @@ class Gateway:
         # Called with each Call as it ends (metrics, the demo's summary); must not raise.
         self.call_end_hooks: list[Callable[[Call], None]] = []
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._pacer: Pacer | None = None  # paced playout's one timer for every call of the worker
         self._tick_due = 0.0
         self._ticks = 0
 
@@ -304,7 +306,7 @@ class Gateway:
         agents = self.agents
         call = Call(self.settings, sender, loop.time, self.upstream.open,
                     lambda c, claims: agents.behaviour(c, c.stats, claims), self.tokens, self._call_ended,
-                    loop.call_later, self._admit)
+                    loop.call_later, self._admit, self._pacer)
         self.calls.add(call)
         self.metrics.call_started(call)
         return call
@@ -378,6 +380,8 @@ class Gateway:
             server = await loop.create_server(lambda: PortDispatcher(self), sock=sock, backlog=BACKLOG)
         self._servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
+        if self.settings.playout == "paced":
+            self._pacer = Pacer(loop.time, loop.call_later, pacer_period_s(self.settings))
         self._tick_due = loop.time() + TICK_S
         self._tick_handle = loop.call_at(self._tick_due, self._tick)
         log.info("listening on port %s", self.port)
@@ -408,6 +412,8 @@ class Gateway:
             server.close()
         for call in list(self.calls):
             call.end(EndReason.SHUTDOWN)
+        if self._pacer is not None:
+            self._pacer.close()
         await self.upstream.aclose()
         await self.agents.aclose()
         for task in list(self._admissions):

@@ -18,6 +18,7 @@ class CallStats:
         "frames_in",
         "interrupts",
         "media_out",
+        "playout_underruns",
         "reconnect_s",
         "reconnects",
         "tokens",
@@ -35,6 +36,7 @@ class CallStats:
         self.media_out = 0  # media messages sent to Twilio
         self.bytes_out = 0  # μ-law bytes of assistant audio sent to Twilio
         self.deltas_dropped = 0  # late deltas of interrupted responses, never played
+        self.playout_underruns = 0  # paced playout: Twilio ran dry while audio was held back here
         # Caller audio lost: more arrived while the upstream session was opening than
         # GATEWAY_MAX_PENDING_AUDIO_MS keeps (the oldest is dropped).
         self.caller_audio_dropped_bytes = 0
