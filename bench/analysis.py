@@ -382,11 +382,12 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
 
 
 def playback_run_starts(starts_at: Sequence[float], played: Sequence[int]) -> set[int]:
-    """Indexes of the media messages that began playing on an idle Twilio buffer (Twilio time)."""
+    """Indexes of the media messages that began playing on an idle Twilio buffer (Twilio time);
+    one never played (cleared, or the caller hung up first) did not begin anything."""
     out = set()
     busy_until = -math.inf
     for i, start in enumerate(starts_at):
-        if math.isnan(start):
+        if math.isnan(start) or played[i] <= 0:
             continue
         if start > busy_until + UNDERRUN_SLACK_S:
             out.add(i)

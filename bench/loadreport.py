@@ -165,8 +165,9 @@ def ratios(runs: dict[str, Run]) -> dict[str, dict[str, float | None]]:
             "memory_per_call": mb / ma if ma and mb else None,
             "p99_inbound_latency": lb[0] / la[0] if la[0] and lb[0] else None,
             "p99_outbound_latency": lb[1] / la[1] if la[1] and lb[1] else None,
-            # the baseline's messages in + out over the gateway's: < 1 when it lost calls or fell
-            # behind, and then its CPU per call-second is for less work
+            # the load the baseline took over the gateway's (caller frames and model deltas it
+            # received): < 1 when it lost calls or fell behind, and then its CPU per call-second
+            # is for less work
             "messages_handled": carried,
             "cpu_per_message": b / a / carried if a and b and carried else None,
         }
@@ -174,8 +175,14 @@ def ratios(runs: dict[str, Run]) -> dict[str, dict[str, float | None]]:
 
 
 def _messages_handled(run: Run) -> float | None:
+    """Caller frames + model deltas received per call-second: the load offered, which a bridge
+    takes in full unless it lost calls or fell behind (what it sends depends on its own design:
+    paced playout sends fewer, larger media messages)."""
     m = run.get("messages_per_call_second") or {}
-    return (m["in"] + m["out"]) if m.get("in") is not None and m.get("out") is not None else None
+    try:
+        return float(m["twilio_to_system"]["media"] + m["openai_to_system"]["delta"])
+    except (KeyError, TypeError):
+        return None
 
 
 def carried_note(x: dict[str, float | None]) -> str | None:
@@ -183,8 +190,8 @@ def carried_note(x: dict[str, float | None]) -> str | None:
     carried = x.get("messages_handled")
     if carried is None or carried >= CARRIED_MIN:
         return None
-    return (f"it handled only {carried:.0%} of the gateway's messages (calls failed or it fell behind): "
-            f"compare per message ({fmt(x['cpu_per_message'])}×)")
+    return (f"it handled only {carried:.0%} of the gateway's load (caller frames and model deltas: calls failed "
+            f"or it fell behind): compare per message ({fmt(x['cpu_per_message'])}×)")
 
 
 # ==================================================================================== the table

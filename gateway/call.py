@@ -35,11 +35,13 @@ from .openai import events as oa
 from .openai import server_events as se
 from .openai.upstream import UpstreamLink
 from .outcomes import EndReason, Outcome, Trigger, TwilioViolation, UpstreamFailure, UpstreamViolation
+from .paced import PacedOptions
 from .pacer import Pacer
-from .playout import PacedOptions, Playout
+from .playout import Playout
 from .responses import LOCAL_PREFIX, Responses
 from .sender import Sender
 from .stats import CallStats, count
+from .turns import Turns
 from .twilio import events as tw
 from .twilio.tokens import PARAMETER as TOKEN_PARAMETER
 from .twilio.tokens import CallClaims, TokenVerifier
@@ -103,8 +105,7 @@ class Call:
         self._admit = admit  # the control plane's say on `start`; None: admitted at once
         if pacer is None and call_later is not None and settings.playout == "paced":
             pacer = Pacer(clock, call_later, pacer_period_s(settings))  # a call on its own (tests)
-        self._paced = (PacedOptions(pacer, settings.playout_lead_ms, settings.playout_chunk_ms)
-                       if pacer is not None and settings.playout == "paced" else None)
+        self._pacer = pacer if settings.playout == "paced" else None
         self._up: UpstreamLink | None = None
         self._direct_up: Sender | None = None  # set while streaming one frame per append: the hot path
         self._connecting: Any = None  # handle of the upstream connect in progress (has .cancel())
@@ -120,13 +121,19 @@ class Call:
         self._local_seq = 0
         self._caller_speaking = False
         self.continuity = Continuity(self)
+        self.turns: Turns | None = None  # false-interruption resume, when the plan asks for it
 
     def _configure_audio(self, transcode: bool) -> None:
         settings = self.settings
         self.caller = CallerAudio(self.stats, settings.coalesce_frames, settings.max_pending_audio_ms, transcode)
         self._in_resampler = self.caller.resampler
+        plan = self._plan
+        paced = None
+        if self._pacer is not None:
+            paced = PacedOptions(self._pacer, settings.playout_lead_ms, settings.playout_chunk_ms,
+                                 retain=plan is not None and plan.min_interruption_ms > 0)
         self.playout = Playout(self._twilio, self.stats, self._clock, settings.twilio_latency_ms, transcode,
-                               self._call_later, self._paced)
+                               self._call_later, paced)
         self._pcm16 = transcode
 
     @property
@@ -186,8 +193,10 @@ class Call:
             claims = CallClaims()  # development mode: nothing is enforced, the default agent answers
         self.behaviour = self._make_behaviour(self, claims)
         plan = self._plan = self.behaviour.plan()
-        if (plan.audio_mode == "pcm16") != self._pcm16:
+        if (plan.audio_mode == "pcm16") != self._pcm16 or plan.min_interruption_ms:
             self._configure_audio(plan.audio_mode == "pcm16")
+        if plan.min_interruption_ms:
+            self.turns = Turns(self, plan)
         self.playout.stream_sid = event.streamSid
         self.state = State.STARTING
         log.info("stream started", extra=self.log_extra())
@@ -414,10 +423,19 @@ class Call:
 
     def _on_speech_started(self, event: se.SpeechStarted) -> None:
         self._caller_speaking = True
-        self.interrupt(Trigger.SPEECH_STARTED)
+        if self.turns is not None:
+            self.turns.speech_started(event)
+        else:
+            self.interrupt(Trigger.SPEECH_STARTED)
 
     def _on_speech_stopped(self, event: se.SpeechStopped) -> None:
         self._caller_speaking = False
+        if self.turns is not None:
+            self.turns.speech_stopped(event)
+
+    def _on_committed(self, event: se.InputCommitted) -> None:
+        if self.turns is not None:
+            self.turns.committed(event)
 
     def _on_session_created(self, event: se.SessionCreated) -> None:
         self.continuity.expires_at(event.session.expires_at)
@@ -441,6 +459,8 @@ class Call:
         for item_id in self.responses.done(event.response.id):
             self.playout.produced.pop(item_id, None)
         self.playout.abandon_tail()
+        if self.turns is not None:
+            self.turns.response_done()
         if self._after_playout:
             self._check_played()
 
@@ -470,6 +490,7 @@ class Call:
         se.OutputItemAdded: _on_output_item_added, se.OutputAudioDone: _on_output_audio_done,
         se.ResponseDone: _on_response_done, se.Error: _on_error, se.SessionUpdated: _on_session_updated,
         se.SpeechStopped: _on_speech_stopped, se.SessionCreated: _on_session_created,
+        se.InputCommitted: _on_committed,
     }
 
     # ------------------------------------------------------------------ housekeeping
@@ -506,7 +527,8 @@ class Call:
         interrupted = self.responses.interrupt_active() if up is not None else None
         if interrupted is not None and up is not None:
             response_id, items = interrupted
-            server_cancels = trigger is Trigger.SPEECH_STARTED and self.settings.vad_interrupt_response
+            server_cancels = (trigger is Trigger.SPEECH_STARTED and self._plan is not None
+                              and self._plan.server_interrupts)
             if not server_cancels:
                 up.send(oa.response_cancel(response_id))
             # Items of this response still being generated that the caller heard in full *so far*
@@ -614,6 +636,8 @@ class Call:
             self._connecting = None
         self.playout.stop()
         self.continuity.stop()
+        if self.turns is not None:
+            self.turns.stop()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()

@@ -259,6 +259,11 @@ VARIABLES: tuple[Var, ...] = (
         "pacer's period with room to spare).", minimum=100, maximum=5000),
     Var("GATEWAY_PLAYOUT_CHUNK_MS", "playout_chunk_ms", 100, parse_int,
         "Paced playout: audio per media message (one mark each) once the lead is built.", minimum=20, maximum=1000),
+    Var("GATEWAY_MIN_INTERRUPTION_MS", "min_interruption_ms", 0, parse_int,
+        "False-interruption resume (paced playout): caller speech during the assistant's audio pauses it; shorter "
+        "than this, playback resumes where the caller stopped hearing and the noise is deleted from the "
+        "conversation, else the interruption completes. 0: interrupt at once. Agents may set their own.",
+        minimum=0, maximum=5000),
     Var("GATEWAY_TWILIO_LATENCY_MS", "twilio_latency_ms", 50.0, parse_float,
         "Initial one-way latency guess to Twilio until the first mark probe measures it.", minimum=0, maximum=2000),
     Var("GATEWAY_UNHEARD_ITEM_ACTION", "unheard_item_action", "truncate", str,
@@ -372,6 +377,7 @@ class Settings:
     playout: str = "paced"
     playout_lead_ms: int = 300
     playout_chunk_ms: int = 100
+    min_interruption_ms: int = 0
     twilio_latency_ms: float = 50.0
     unheard_item_action: str = "truncate"
     max_frame_bytes: int = 65536
@@ -476,6 +482,9 @@ class Settings:
                 and not {"playout_chunk_ms", "playout_lead_ms"} & set(wrong)):
             out.append("GATEWAY_PLAYOUT_CHUNK_MS must be at most half of GATEWAY_PLAYOUT_LEAD_MS (a chunk is sent when "
                        "the lead has room for it; what remains must outlast the latency to Twilio)")
+        if self.min_interruption_ms and self.playout != "paced" and not {"min_interruption_ms", "playout"} & set(wrong):
+            out.append("GATEWAY_MIN_INTERRUPTION_MS needs GATEWAY_PLAYOUT=paced: only audio the gateway holds can "
+                       "be paused and resumed")
         if self.cluster_max_calls and not self.redis_url and "redis_url" not in wrong:
             out.append("GATEWAY_CLUSTER_MAX_CALLS needs GATEWAY_REDIS_URL: only the cluster's registry can count "
                        "every pod's calls")

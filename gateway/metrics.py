@@ -91,6 +91,10 @@ METRICS: tuple[Metric, ...] = (
            flush=(Flush("caller_audio_dropped_bytes", scale=1 / ULAW_BYTES_PER_S),)),
     Metric("gateway_interrupts_total", Kind.COUNTER, "Barge-ins that acted, by trigger.", ("trigger",),
            flush=(Flush("interrupts"),)),
+    Metric("gateway_false_interruptions_total", Kind.COUNTER,
+           "Caller speech shorter than GATEWAY_MIN_INTERRUPTION_MS during the assistant's audio: paused, then "
+           "resumed where the caller stopped hearing, the noise deleted from the conversation.",
+           flush=(Flush("false_interruptions"),)),
     Metric("gateway_interrupt_to_clear_seconds", Kind.HISTOGRAM,
            "Interrupt trigger to Twilio clear handed to the socket.",
            buckets=LATENCY_BUCKETS, flush=(Flush("clear_latency_s"),)),

@@ -4,34 +4,19 @@
 ``PlayoutLedger`` (fed by mark echoes), how much of each still-generating item was received, the
 pcm16 output resampler and its tail, and the probe marks that measure the latency to Twilio.
 It sends on the Twilio leg only; the barge-in rules that use it live in ``call.Call``.
-
-Two ways to send (``GATEWAY_PLAYOUT``):
-
-* ``burst``: every model delta goes to Twilio at once (one media + one mark each), so Twilio holds
-  whatever the model has produced so far, often seconds.
-* ``paced``: deltas wait here in ``_held`` and go out in chunks of ``chunk_ms`` (one mark each)
-  whenever Twilio's lead (sent and not yet played, by the ledger's playhead estimate) has room,
-  so Twilio never holds more than ``max_ahead_ms``. Fewer, larger messages both ways (media and mark
-  echoes), and a barge-in only has the lead to clear: the held audio is simply dropped, and the
-  items it belonged to are truncated at what was sent, all of which the caller heard. The first
-  audio of an answer goes out at once (the lead is empty), so pacing adds no latency; after that
-  ``pump`` runs on every delta, every mark echo and every beat of the worker's ``Pacer``.
+``GATEWAY_PLAYOUT=burst`` sends every model delta at once; ``paced`` holds it in ``paced.Paced``,
+which decides when each chunk goes.
 """
 from __future__ import annotations
 
-import logging
-import math
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import _fastpath as fp
 
-from .pacer import Pacer
+from .paced import Paced, PacedOptions, Plan
 from .sender import Sender
 from .stats import CallStats
-
-log = logging.getLogger("gateway.playout")
 
 # Latency probes while Twilio's buffer is idle. An error in the latency estimate counts twice in
 # a truncation offset, so right after `start` (while the upstream session opens and the model
@@ -41,33 +26,6 @@ PROBE_BURST_S = 0.02
 PROBE_BURST_MAX = 40
 PROBE_INTERVAL_S = 1.0
 PROBE_SAMPLES_WANTED = 16
-
-Plan = list[tuple[str, int, int]]  # (item_id, content_index, audio_end_ms) to truncate
-
-
-class _Held:
-    """Model audio of one (item, content part) waiting in the gateway (paced playout)."""
-
-    __slots__ = ("audio", "content_index", "item_id", "open", "produced_ms", "sent_ms")
-
-    def __init__(self, item_id: str, content_index: int, sent_ms: float) -> None:
-        self.item_id = item_id
-        self.content_index = content_index
-        self.audio = bytearray()
-        self.produced_ms = 0.0  # ms of model audio ``audio`` represents
-        self.sent_ms = sent_ms  # ms of this item already sent to Twilio: what precedes ``audio``
-        self.open = True  # more of this item may still arrive
-
-
-class PacedOptions:
-    """Paced playout's parameters (``GATEWAY_PLAYOUT_LEAD_MS``/``_CHUNK_MS``) and the worker's pacer."""
-
-    __slots__ = ("chunk_ms", "max_ahead_ms", "pacer")
-
-    def __init__(self, pacer: Pacer, max_ahead_ms: float, chunk_ms: float) -> None:
-        self.pacer = pacer
-        self.max_ahead_ms = max_ahead_ms
-        self.chunk_ms = chunk_ms
 
 
 class Playout:
@@ -90,14 +48,13 @@ class Playout:
         self._next_probe = 0.0
         self._burst: Any = None
         self._burst_left = PROBE_BURST_MAX
-        self._paced = paced
-        self._held: deque[_Held] = deque()
-        self._throttled = False  # the last pump held audio back because the lead was full
+        self.paced = (Paced(paced, self.ledger, self._send, stats, clock, self.lead_ms)
+                      if paced is not None else None)
 
     @property
     def busy(self) -> bool:
         """Audio on its way to the caller: at Twilio (marks pending) or held here."""
-        return bool(self.ledger.busy or self._held)
+        return bool(self.ledger.busy or (self.paced is not None and self.paced.holding))
 
     # ------------------------------------------------------------------ audio
     def deliver(self, item_id: str, content_index: int, audio: bytes, produced_ms: float) -> None:
@@ -107,8 +64,8 @@ class Playout:
         produced = self.produced
         before = produced.get(item_id, 0.0)
         produced[item_id] = before + produced_ms
-        if self._paced is not None:
-            self._hold(item_id, content_index, audio, produced_ms, before)
+        if self.paced is not None:
+            self.paced.hold(item_id, content_index, audio, produced_ms, before)
         else:
             self._send(item_id, content_index, audio, produced_ms, self._clock())
 
@@ -125,87 +82,6 @@ class Playout:
         stats = self._stats
         stats.media_out += 1
         stats.bytes_out += len(audio)
-
-    # ------------------------------------------------------------------ paced playout
-    def _hold(self, item_id: str, content_index: int, audio: bytes, produced_ms: float, before: float) -> None:
-        held = self._held
-        last = held[-1] if held else None
-        if last is None or last.item_id != item_id or last.content_index != content_index:
-            if last is not None:
-                last.open = False
-            # What of this item is not held was sent (an item reappearing after another is rare).
-            sent = before - sum(h.produced_ms for h in held if h.item_id == item_id)
-            last = _Held(item_id, content_index, max(0.0, sent))
-            held.append(last)
-        last.audio += audio
-        last.produced_ms += produced_ms
-        paced = self._paced
-        assert paced is not None
-        if self.pump(self._clock()):
-            paced.pacer.add(self)
-
-    def pump(self, now: float) -> bool:
-        """Send held audio while Twilio's lead has room for it; True while audio is still held.
-
-        A chunk goes out when it fits under ``max_ahead_ms``; a partial one (the model has not sent
-        a chunk's worth yet) only when its item is complete or Twilio's lead is below one chunk."""
-        held = self._held
-        if not held:
-            return False
-        paced = self._paced
-        assert paced is not None
-        ledger = self.ledger
-        ahead = ledger.ahead_ms(now)
-        if self._throttled and ahead < ledger.latency_ms:
-            # Audio was held back for lack of room, and Twilio runs dry before what goes now lands.
-            self._stats.playout_underruns += 1
-        self._throttled = False
-        chunk_ms = paced.chunk_ms
-        chunk_bytes = int(chunk_ms * 8)
-        room = paced.max_ahead_ms - ahead
-        while held:
-            entry = held[0]
-            available = len(entry.audio)
-            take = min(available, chunk_bytes)
-            if take > room * 8:
-                self._throttled = True
-                break
-            if take < chunk_bytes and entry.open and ahead >= chunk_ms:
-                break  # wait for a full chunk: Twilio has enough to play meanwhile
-            if take == available:
-                part = entry.produced_ms
-                audio = bytes(entry.audio)
-                held.popleft()
-            else:
-                part = entry.produced_ms * take / available
-                audio = bytes(entry.audio[:take])
-                del entry.audio[:take]
-            entry.produced_ms -= part
-            entry.sent_ms += part
-            self._send(entry.item_id, entry.content_index, audio, part, now)
-            room -= take / 8
-            ahead += take / 8
-        return bool(held)
-
-    def _finish_held(self, item_id: str) -> None:
-        """The model sent all of ``item_id``'s audio: its last held part may go out short."""
-        for entry in self._held:
-            if entry.item_id == item_id:
-                entry.open = False
-        if self._held:
-            self.pump(self._clock())
-
-    def _drop_held(self, plan: Plan) -> None:
-        """Barge-in: forget held audio; items not in ``plan`` were heard up to what was sent."""
-        planned = {item_id for item_id, _, _ in plan}
-        for entry in self._held:
-            if entry.item_id not in planned:
-                planned.add(entry.item_id)
-                plan.append((entry.item_id, entry.content_index, max(0, math.floor(entry.sent_ms - self.lead_ms))))
-        self._held.clear()
-        self._throttled = False
-        assert self._paced is not None
-        self._paced.pacer.discard(self)
 
     def pcm16_delta(self, message: bytes | memoryview) -> tuple[str, int, bytes, float] | None:
         """pcm16 mode: a 24 kHz delta as μ-law; ``(item_id, content_index, ulaw, produced_ms)``."""
@@ -227,8 +103,8 @@ class Playout:
             tail = self.resampler.flush()
             if tail:
                 self.deliver(item_id, content_index, fp.ulaw_encode(tail), 0.0)
-        if self._held:
-            self._finish_held(item_id)
+        if self.paced is not None and self.paced.holding:
+            self.paced.finish(item_id)
         return self.produced.pop(item_id, 0.0)  # complete: the ledger knows all of it
 
     def drop_tail(self) -> None:
@@ -245,24 +121,41 @@ class Playout:
     def on_mark(self, name: str) -> None:
         now = self._clock()
         self.ledger.on_mark(name, now)
-        if self._held:  # a chunk finished playing: the lead has room again
-            self.pump(now)
+        if self.paced is not None and self.paced.holding:  # a chunk played: the lead has room again
+            self.paced.pump(now)
 
     # ------------------------------------------------------------------ barge-in
     def clear(self, now: float) -> Plan | None:
         """If Twilio may still hold audio: where its playhead will be when a `clear` sent now
         arrives (the items to truncate there), then send the `clear`; held audio is dropped.
         None if nothing was on its way to the caller."""
+        busy = self.busy
+        plan = self._clear_twilio(now)
+        if self.paced is not None:
+            self.paced.drop(plan)  # also ends a pause
+        return plan if busy else None
+
+    def pause(self, now: float) -> Plan:
+        """Paced playout: like ``clear``, but what was sent and not heard goes back to the head
+        of the held audio, which stays until ``resume`` (or a ``clear`` drops it)."""
+        assert self.paced is not None
+        plan = self._clear_twilio(now)
+        self.paced.pause(plan)
+        return plan
+
+    def resume(self) -> None:
+        assert self.paced is not None
+        self.paced.resume()
+
+    def _clear_twilio(self, now: float) -> Plan:
         ledger = self.ledger
-        if not ledger.busy and not self._held:
-            return None
-        plan: Plan = []
-        if ledger.busy:
-            plan = ledger.plan_interrupt(now)
-            self._twilio.send(fp.encode_clear(self.stream_sid))
-            ledger.clear(now)
-        if self._held:
-            self._drop_held(plan)
+        if not ledger.busy:
+            return []
+        plan: Plan = ledger.plan_interrupt(now)
+        if self.paced is not None:
+            plan = self.paced.absolute(plan)
+        self._twilio.send(fp.encode_clear(self.stream_sid))
+        ledger.clear(now)
         return plan
 
     # ------------------------------------------------------------------ latency probes
@@ -292,10 +185,8 @@ class Playout:
                 self._next_probe = now + PROBE_INTERVAL_S
 
     def stop(self) -> None:
-        if self._held:
-            self._held.clear()
-            assert self._paced is not None
-            self._paced.pacer.discard(self)
+        if self.paced is not None:
+            self.paced.stop()
         if self._burst is not None:
             self._burst.cancel()
             self._burst = None

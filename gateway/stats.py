@@ -15,6 +15,7 @@ class CallStats:
         "clear_latency_s",
         "deltas_dropped",
         "dtmf_digits",
+        "false_interruptions",
         "frames_in",
         "interrupts",
         "media_out",
@@ -41,6 +42,7 @@ class CallStats:
         # GATEWAY_MAX_PENDING_AUDIO_MS keeps (the oldest is dropped).
         self.caller_audio_dropped_bytes = 0
         self.interrupts: dict[str, int] = {}  # by Trigger
+        self.false_interruptions = 0  # caller speech too short to interrupt: paused, then resumed
         self.clear_latency_s: list[float] = []  # trigger → clear handed to the transport
         self.truncations: list[tuple[str, int]] = []  # (item_id, audio_end_ms)
         self.upstream_errors: dict[str, int] = {}  # by UpstreamFailure or the server's error code

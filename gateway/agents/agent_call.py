@@ -97,7 +97,11 @@ class AgentCall(CallBehaviour):
         settings = self._services.settings
         session = sess.session_config(self.agent, self._tools_config, settings)
         model = self.model if self.model != settings.model else ""
-        return SessionPlan(session, sess.audio_mode(self.agent, settings), model, self.agent.greeting)
+        td = sess.turn_detection(self.agent, settings)
+        resume_ms = sess.min_interruption_ms(self.agent, settings)
+        return SessionPlan(session, sess.audio_mode(self.agent, settings), model, self.agent.greeting,
+                           min_interruption_ms=resume_ms, respond_to_turns=td.create_response,
+                           server_interrupts=td.interrupt_response and not resume_ms)
 
     def on_upstream_ready(self) -> None:
         if self.agent.max_call_s is not None:
@@ -169,6 +173,10 @@ class AgentCall(CallBehaviour):
             "trigger": str(interruption.trigger), "at_s": round(interruption.at - self._call.started_at, 3),
             "truncated": [{"item_id": t.item_id, "heard_ms": t.audio_end_ms} for t in interruption.truncations],
         })
+
+    def on_false_interruption(self, item_id: str) -> None:
+        self.transcript.forget(item_id)
+        self.barge_ins.append({"trigger": "speech_started", "at_s": round(self._at(), 3), "resumed": True})
 
     # ------------------------------------------------------------------ keypad
     def on_dtmf(self, digit: str) -> None:

@@ -1,7 +1,7 @@
 """``python -m bench load``'s report and figures without running anything.
 
 ``data/load_runs.json`` holds the runs of a real ``load --calls 20 --duration 5 --baseline
-pure,naive,sdk --profile --syscalls perf`` (its load.json without the distributions and samples) and
+burst,pure,naive,sdk --profile --syscalls perf`` (its load.json without the distributions and samples) and
 ``data/load_report.txt`` what that bench printed for them: the table, its warnings, the ratios,
 the targets and the profile must come out the same, character for character. A deliberate change
 of the report updates both files from a new run."""
@@ -63,7 +63,7 @@ def test_report_of_runs_without_message_counts_or_perf():
     rows = dict(re.split(r"\s{2,}", line.strip()) for line in text.splitlines()[2:])
     assert rows["msgs per call-s Twilio->sys media/mark/other"] == "-"
     assert rows["every syscall (--syscalls perf)"] == "-"
-    assert rows["correctness (the simulators' verdict)"].startswith("FAILS: truncation p99")
+    assert rows["correctness (the simulators' verdict)"].startswith("FAILS: 4/20 calls, truncation p99")
 
 
 def _edge(cpu_s: float, sys_s: float, busy: float, total: float, sims: float, t: float,
