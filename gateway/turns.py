@@ -9,8 +9,9 @@ playout only), the session's VAD neither cancels (``interrupt_response: false``)
   active: **pause**. Twilio is cleared (the caller stops hearing the assistant at once, as in a
   barge-in), what was sent but not heard goes back into the gateway's held audio, and the
   response keeps generating into it.
-* the speech lasts ``min_interruption_ms`` (a timer from the pause; the prefix padding the server
-  adds to ``audio_start_ms`` is not speech): **interrupt** as usual — ``response.cancel`` (the
+* the speech lasts ``min_interruption_ms`` (the prefix padding and the silence window the server
+  adds around a turn are not speech; no ``speech_stopped`` by ``min_interruption_ms`` plus the
+  silence window after the pause means it did): **interrupt** as usual — ``response.cancel`` (the
   server will not), truncate every item at what the caller heard, drop the held audio.
 * ``input_audio_buffer.committed`` of a shorter turn while paused: a **false interruption**. The
   user item is deleted from the conversation (``conversation.item.delete``: the model never
@@ -42,8 +43,11 @@ class Turns:
         self._min_ms = plan.min_interruption_ms
         self._respond_to_turns = plan.respond_to_turns
         td = plan.session["audio"]["input"]["turn_detection"]
-        # server_vad starts a turn prefix_padding_ms (default 300) before the speech it detected
-        self._padding_ms = td.get("prefix_padding_ms", 300) if td.get("type") == "server_vad" else 0
+        # A server_vad turn starts prefix_padding_ms (default 300) before the speech it detected
+        # and ends after silence_duration_ms (default 500) of silence: neither is speech.
+        server_vad = td.get("type") == "server_vad"
+        self._silence_ms = td.get("silence_duration_ms", 500) if server_vad else 0
+        self._not_speech_ms = (td.get("prefix_padding_ms", 300) if server_vad else 0) + self._silence_ms
         self.paused = False
         self._speaking = False
         self._start_ms = 0  # audio_start_ms of the speech in progress
@@ -59,12 +63,13 @@ class Turns:
             return  # the caller speaks into silence: a plain turn
         call.playout.pause(call.now())
         self.paused = True
-        self._timer = call.call_later(self._min_ms / 1000.0, self._long_enough)
+        # speech_stopped comes silence_ms after the speech ends: none by then, it was long enough
+        self._timer = call.call_later((self._min_ms + self._silence_ms) / 1000.0, self._long_enough)
         log.info("caller speech: assistant paused", extra=call.log_extra())
 
     def speech_stopped(self, event: se.SpeechStopped) -> None:
         self._speaking = False
-        self._spoken_ms = max(0.0, event.audio_end_ms - self._start_ms - self._padding_ms)
+        self._spoken_ms = max(0.0, event.audio_end_ms - self._start_ms - self._not_speech_ms)
 
     def _long_enough(self) -> None:
         self._timer = None
