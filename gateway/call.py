@@ -8,7 +8,8 @@ hand typed events to a dispatch table here; metrics export belongs to the runtim
 the plain counters in ``CallStats``.
 
 Per-frame work is one ``_fastpath`` call each way: inbound media → ``media_to_append``, outbound
-delta → ``decode_audio_delta`` (or ``delta_to_pcmu``) → ``Playout.deliver``.
+delta → ``decode_audio_delta`` (or ``delta_to_pcmu``) → ``Playout.deliver``; a mark echo (one per
+chunk sent) is one more, ``decode_mark``.
 
 Barge-in (``interrupt``): snapshot where Twilio's playhead will be when a ``clear`` sent now
 arrives (``Playout.clear``), send ``clear`` if Twilio may still hold audio, cancel the response
@@ -156,6 +157,14 @@ class Call:
                 return
         if self.state is State.ENDED:
             return
+        if self.stream_sid is not None:  # a mark echo (one per chunk sent): no full parse either
+            try:
+                name = fp.decode_mark(message, self.stream_sid)
+            except ProtocolError:
+                name = None  # the full parse below names the violation
+            if name is not None:
+                self._mark(name)
+                return
         try:
             event = tw.parse(message, self.stream_sid)
         except TwilioProtocolError as exc:
@@ -223,7 +232,10 @@ class Call:
         self.caller.on_audio(event.audio)
 
     def _on_mark(self, event: tw.Mark) -> None:
-        self.playout.on_mark(event.mark.name)
+        self._mark(event.mark.name)
+
+    def _mark(self, name: str) -> None:
+        self.playout.on_mark(name)
         if self._after_playout:
             self._check_played()
 
