@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "fastpath": "bench.fastpath",
     "load": "bench.load",
     "sweep": "bench.sweep",
+    "soak": "bench.soak",
 }
 
 
