@@ -46,6 +46,10 @@ GAP_S = (0.5, 1.5)  # a slot's next call starts this long after the previous one
 SETUP_S = 0.5  # webhook + upgrade + start, before the scripted call time begins
 MIN_TAIL_S = 5.0  # no call starts that would have less than this before the end of the soak
 FLAT = "flat within noise"
+# GATEWAY_MAX_PENDING_AUDIO_MS of the gateway under test (its default; bench.loadrun does not set it):
+# caller audio beyond this much, while the upstream session is still opening, is dropped by design
+# (and counted in gateway_caller_audio_dropped_seconds_total).
+PENDING_AUDIO_S = 2.0
 
 
 # ==================================================================================== options
@@ -78,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-work", action="store_true", help="keep the simulators' outputs and process logs")
     parser.add_argument("--no-plots", action="store_true", help="skip soak.png")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak", help="output directory (bench/results/soak)")
+    parser.add_argument("--report-only", type=Path, metavar="SOAK_JSON",
+                        help="no run: fit, judge trends and report again from the samples of a soak.json")
 
 
 @dataclass
@@ -129,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     """``python -m bench soak``: the run, the summary, soak.json and soak.png."""
     from .report import environment, write_json
 
+    if args.report_only is not None:
+        return report_again(args.report_only, args.out, plots=not args.no_plots)
     st = SoakSettings.from_args(args)
     plan = build_plan(st)
     print(f"bench soak: {st.calls} calls kept up for {st.minutes:g} min ({len(plan):,} calls of "
@@ -148,6 +156,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nwrote {path}" + "".join(f"\n      {p}" for p in result.get("plots", [])))
     if result["calls"]["with_problems"]:
         return 1
+    return 3 if any(not v.startswith(FLAT) for v in result["verdicts"].values()) else 0
+
+
+def report_again(path: Path, out: Path, plots: bool) -> int:
+    """The trend, verdicts and summary recomputed from the samples a soak recorded."""
+    from .report import write_json
+
+    result = json.loads(path.read_text())
+    st = SoakSettings(**result["settings"])
+    result.update(analyse(st, result["samples"], result["idle"]))
+    print(render_summary(result))
+    out.mkdir(parents=True, exist_ok=True)
+    if plots:
+        result["plots"] = [str(plot(result, out / "soak.png"))]
+    written = write_json(out / "soak.json", result)
+    print(f"\nwrote {written}" + "".join(f"\n      {p}" for p in result.get("plots", [])))
     return 3 if any(not v.startswith(FLAT) for v in result["verdicts"].values()) else 0
 
 
@@ -336,12 +360,23 @@ class Sampler:
                 d.cancel()
 
     async def after_the_end(self) -> dict[str, Any]:
-        """Once every call ended: a few samples over 10 s (what the gateway keeps with no call)."""
+        """Once every call ended: a few samples over 10 s (what the gateway keeps with no call),
+        and the gateway's own counters over the whole soak."""
+        from .metrics import counter_sum, histogram_diff, scale_ms, scrape
+
         rows: list[dict[str, Any]] = []
         for _ in range(3):
             await asyncio.sleep(5.0 if rows else 2.0)
             rows.append(await self.read(time.monotonic() - self.t0))
-        return rows[-1] | {"samples": rows}
+        final = await scrape(self.port)
+        counters: dict[str, Any] = {}
+        if final is not None:
+            counters = {name: counter_sum(final, f"gateway_{name}_total") for name in (
+                "calls_started", "calls_ended", "rejected_calls", "upstream_errors", "protocol_errors",
+                "interrupts", "caller_audio_dropped_seconds", "late_audio_dropped")}
+            connect = scale_ms(histogram_diff({}, final, "gateway_upstream_connect_seconds"))
+            counters["upstream_connect_ms"] = {k: connect.get(k) for k in ("n", "p50", "p99", "max_bucket")}
+        return rows[-1] | {"samples": rows, "gateway_metrics": counters}
 
     def line(self, row: dict[str, Any]) -> str:
         st, idle = self.st, self.idle
@@ -358,6 +393,10 @@ class Sampler:
                 f"  gen lag {row['gen_lag_ms']:.0f} ms")
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _mmss(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
@@ -370,15 +409,24 @@ def judge(st: SoakSettings, plan: list[dict[str, Any]], calls: list[dict[str, An
     by_sid = {s["sid"]: s for s in sessions if s.get("sid")}
     planned = {c["sid"]: c["duration_ms"] for c in plan}
     problems: dict[str, list[str]] = {}
+    late_upstream: dict[str, str] = {}  # calls that lost caller audio because their upstream opened late
     outcomes: dict[str, int] = {}
+    opened: list[float] = []
     totals = {"barge_ins_cleared": 0, "truncates": 0, "turns": 0, "call_seconds": 0.0}
     for call in calls:
         sid = call["sid"]
         outcomes[call["outcome"]] = outcomes.get(call["outcome"], 0) + 1
-        found = _call_problems(st, call, by_sid.get(sid), planned.get(sid, 0))
-        if found:
-            problems[sid] = found
         session = by_sid.get(sid) or {}
+        delay = None
+        if session.get("connected_mono") is not None and call.get("stream_started_mono") is not None:
+            delay = session["connected_mono"] - call["stream_started_mono"]
+            opened.append(delay)
+        found = _call_problems(st, call, by_sid.get(sid), planned.get(sid, 0))
+        audio = [p for p in found if p.startswith("caller audio")]
+        if audio and delay is not None and delay > PENDING_AUDIO_S - 0.2 and len(audio) == len(found):
+            late_upstream[sid] = f"{audio[0]}; upstream session opened {delay:.2f} s after the stream started"
+        elif found:
+            problems[sid] = found
         totals["barge_ins_cleared"] += call.get("clears", 0)
         totals["truncates"] += session.get("truncates", 0)
         totals["turns"] += call.get("turns", 0)
@@ -393,7 +441,21 @@ def judge(st: SoakSettings, plan: list[dict[str, Any]], calls: list[dict[str, An
     return {"planned": len(plan), "placed": len(calls), "missing": missing, "outcomes": outcomes,
             "with_problems": len(problems) + max(0, missing), "problem_kinds": kinds,
             "examples": dict(list(problems.items())[:10]),
+            "caller_audio_beyond_pending_limit": len(late_upstream),
+            "late_upstream_examples": dict(list(late_upstream.items())[:5]),
+            "upstream_opened_after_stream_start_s": _quantiles(opened),
             "upstream_sessions": len(sessions), **{k: round(v, 1) for k, v in totals.items()}}
+
+
+def _quantiles(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    s = sorted(values)
+
+    def q(f: float) -> float:
+        return round(s[min(len(s) - 1, int(f * len(s)))], 3)
+    return {"n": len(s), "p50": q(0.5), "p99": q(0.99), "max": round(s[-1], 3),
+            "over_pending_limit": sum(1 for v in s if v > PENDING_AUDIO_S - 0.2)}
 
 
 def _call_problems(st: SoakSettings, call: dict[str, Any], session: dict[str, Any] | None,
@@ -458,14 +520,20 @@ def _spread(values: list[float]) -> dict[str, Any]:
             "first": round(values[0], 2), "last": round(values[-1], 2)}
 
 
-def fit_trend(rows: list[dict[str, Any]], value: Any) -> dict[str, Any]:
+def fit_trend(rows: list[dict[str, Any]], value: Any, halves: bool = True) -> dict[str, Any]:
     """Least squares ``y = a + b·t + c·calls``: the slope ``b`` per minute, its standard error, the
-    residual standard deviation (the noise band), the drift ``b`` × the window, and as a plain
-    cross-check the mean of the last third minus the mean of the first third."""
+    residual standard deviation (the noise band), the drift ``b`` × the window; as plain
+    cross-checks the mean of the last third minus the mean of the first third, and the slope of
+    each half of the window (a leak grows with the calls that ended, steadily; a heap settling
+    into its working size grows ever more slowly)."""
     import numpy as np
 
     if len(rows) < 6:
         return {"n": len(rows)}
+    split: dict[str, Any] = {}
+    if halves and len(rows) >= 12:
+        first, second = fit_trend(rows[:len(rows) // 2], value, False), fit_trend(rows[len(rows) // 2:], value, False)
+        split = {"slope_first_half": first.get("slope_per_min"), "late": second}
     t = np.array([r["t"] / 60.0 for r in rows])
     calls = np.array([_calls(r) for r in rows], dtype=float)
     y = np.array([float(value(r)) for r in rows])
@@ -484,7 +552,7 @@ def fit_trend(rows: list[dict[str, Any]], value: Any) -> dict[str, Any]:
     return {"n": len(rows), "minutes": round(span, 2), "slope_per_min": slope, "slope_se": se,
             "per_call": float(coef[2]) if len(coef) > 2 else None, "noise_sd": sigma,
             "drift": slope * span, "last_minus_first_third": float(y[-third:].mean() - y[:third].mean()),
-            "start": float(y[0]), "end": float(y[-1]), "min": float(y.min()), "max": float(y.max())}
+            "start": float(y[0]), "end": float(y[-1]), "min": float(y.min()), "max": float(y.max()), **split}
 
 
 # The smallest step each quantity moves in: pymalloc takes memory from the system in 256 KiB arenas,
@@ -493,18 +561,29 @@ GRAIN = {"KiB": 256.0, "fds": 2.0}
 
 
 def verdict(fit: dict[str, Any], unit: str) -> str:
-    """``flat within noise`` unless the slope is both significant (beyond 2 standard errors) and
-    material: its drift over the window exceeds the noise band, 2 residual standard deviations or
-    one grain of the quantity (GRAIN) if that is larger; i.e. the trend moved the value by more
-    than the samples wobble around it."""
-    if "slope_per_min" not in fit:
+    """Is the value still growing at the end of the soak?
+
+    Judged on the LATER HALF of the fit window (``fit["late"]``; the whole window if it is too
+    short): growing if that half's slope is both significant (beyond 2 standard errors) and
+    material (its drift over the half exceeds the noise band: 2 residual standard deviations, or
+    one grain of the quantity, GRAIN, if larger). A leak grows with every call that ends, so it
+    grows in both halves; a heap settling into its working size (allocator fragmentation reaching
+    its equilibrium) grows ever more slowly and is flat by then. The whole window's slope is
+    reported too, and the smallest slope the later half could have shown (its detection limit)."""
+    late = fit.get("late") or fit
+    if "slope_per_min" not in late:
         return f"{FLAT} (too few samples to fit: {fit.get('n', 0)})"
-    slope, se, drift = fit["slope_per_min"], fit["slope_se"], fit["drift"]
-    band = max(2 * fit["noise_sd"], GRAIN.get(unit, 0.0))
-    detail = (f"{slope:+.1f} ± {2 * se:.1f} {unit}/min (2 SE), drift {drift:+.0f} {unit} over "
-              f"{fit['minutes']:.0f} min vs noise band ± {band:.0f} {unit}")
+    slope, se, drift = late["slope_per_min"], late["slope_se"], late["drift"]
+    band = max(2 * late["noise_sd"], GRAIN.get(unit, 0.0))
+    limit = max(2 * se, band / late["minutes"]) if late["minutes"] else float("nan")
+    detail = (f"later half ({late['minutes']:.0f} min): {slope:+.1f} ± {2 * se:.1f} {unit}/min (2 SE), drift "
+              f"{drift:+.0f} {unit} vs noise band ± {band:.0f} {unit}, detection limit {limit:.1f} {unit}/min")
+    if fit is not late:
+        detail += (f"; whole window ({fit['minutes']:.0f} min): {fit['slope_per_min']:+.1f} {unit}/min, "
+                   f"first half {fit['slope_first_half']:+.1f} {unit}/min")
     if abs(slope) <= 2 * se or abs(drift) <= band:
-        return f"{FLAT}: {detail}"
+        settled = fit is not late and fit["drift"] > band and fit["slope_per_min"] > 2 * fit["slope_se"]
+        return f"{FLAT}{' (settled: grew early in the window, flat in its later half)' if settled else ''}: {detail}"
     if slope > 0:
         per_day = f"{slope * 1440 / 1024:.1f} MiB" if unit == "KiB" else f"{slope * 1440:.0f} {unit}"
         return f"growing: {slope:.1f} {unit}/min (≈ {per_day}/day); {detail}"
@@ -541,10 +620,11 @@ def render_summary(result: dict[str, Any]) -> str:
                  "on time and calls up:")
     names = {"rss_workers_kib": "workers' RSS", "rss_supervisor_kib": "supervisor's RSS", "fds_workers": "workers' fds"}
     lines += [f"  {names[k]:<18} {v}" for k, v in result["verdicts"].items()]
-    slope = result["fits"]["rss_workers_kib"].get("slope_per_min")
-    if slope is not None and result.get("calls_ended_per_min"):
-        lines.append(f"  i.e. {slope / result['calls_ended_per_min']:+.1f} KiB per call ended "
-                     f"({result['calls_ended_per_min']:.0f} calls ended per minute)")
+    late = result["fits"]["rss_workers_kib"].get("late") or result["fits"]["rss_workers_kib"]
+    if late.get("slope_per_min") is not None and result.get("calls_ended_per_min"):
+        rate = result["calls_ended_per_min"]
+        lines.append(f"  workers' RSS per call ended, later half: {late['slope_per_min'] / rate * 1024:+.0f} B "
+                     f"({rate:.0f} calls ended per minute)")
     pc, fpc = result["per_call_kib"], result["fds_per_call"]
     if pc.get("n"):
         lines.append(f"  per-call memory    median {pc['median']:.0f} KiB (range {pc['min']:.0f}-{pc['max']:.0f}; "
@@ -554,6 +634,19 @@ def render_summary(result: dict[str, Any]) -> str:
         lines.append(f"  machine CPU busy in the window: median {busy['median'] * 100:.0f} % "
                      f"(max {busy['max'] * 100:.0f} %); simulators' RSS "
                      f"{rows[-1]['rss_simulators'] / 2**20:.0f} MiB at the end")
+    gm = after.get("gateway_metrics") or {}
+    if gm:
+        dropped = sum(gm.get("caller_audio_dropped_seconds", {}).values())
+        lines.append(f"  the gateway's counters: calls ended {gm.get('calls_ended')}, rejected "
+                     f"{gm.get('rejected_calls') or 0}, upstream errors {gm.get('upstream_errors') or 0}, protocol "
+                     f"errors {gm.get('protocol_errors') or 0}, caller audio dropped while upstream opened "
+                     f"{dropped:.1f} s, upstream connect p50/p99 {_ms(gm['upstream_connect_ms'].get('p50'))}/"
+                     f"{_ms(gm['upstream_connect_ms'].get('p99'))} ms")
+    opened = calls.get("upstream_opened_after_stream_start_s", {})
+    if opened.get("n"):
+        lines.append(f"  upstream session opened after the stream started: p50 {opened['p50']:.2f} s, p99 "
+                     f"{opened['p99']:.2f} s, max {opened['max']:.2f} s; {calls['caller_audio_beyond_pending_limit']} "
+                     f"calls lost caller audio because of it (> GATEWAY_MAX_PENDING_AUDIO_MS, by design)")
     leftover = after.get("gateway_active_calls")
     if leftover:
         lines.append(f"! the gateway still counts {leftover} active calls after every caller hung up")
@@ -601,30 +694,36 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     axes[0].set_ylabel("calls")
     rss = np.array([r["rss_workers"] / 2**20 for r in rows])
     axes[1].plot(t, rss, label="workers")
-    fit = result["fits"]["rss_workers_kib"]
-    if "slope_per_min" in fit:
-        sel = (t >= lo) & (t <= hi)
-        calls = np.array([_calls(r) for r in rows], dtype=float)
-        mean_calls = calls[sel].mean() if sel.any() else 0.0
+    calls = np.array([_calls(r) for r in rows], dtype=float)
+    whole = result["fits"]["rss_workers_kib"]
+    for fit, style, name in ((whole, ":", "whole window"), (whole.get("late") or {}, "-", "later half (the verdict)")):
+        if "slope_per_min" not in fit:
+            continue
+        sel = (t >= hi - fit["minutes"] - 1e-9) & (t <= hi)
         per_call = fit["per_call"] or 0.0
-        level = rss * 1024  # KiB, as fitted
-        intercept = float(np.mean(level[sel] - fit["slope_per_min"] * t[sel] - per_call * (calls[sel] - mean_calls)))
+        # the fitted line at the window's mean call count (the call-count term removed)
+        level = rss[sel] * 1024 - per_call * (calls[sel] - calls[sel].mean())
+        intercept = float(np.mean(level - fit["slope_per_min"] * t[sel]))
         trend = (intercept + fit["slope_per_min"] * t[sel]) / 1024
-        band = 2 * fit["noise_sd"] / 1024
-        label = f"trend at mean calls: {result['verdicts']['rss_workers_kib']}"
-        axes[1].plot(t[sel], trend, color="k", lw=1, label=label[:110])
-        axes[1].fill_between(t[sel], trend - band, trend + band, color="k", alpha=0.12, label="± 2 residual sd")
+        axes[1].plot(t[sel], trend, color="k", lw=1, ls=style,
+                     label=f"trend, {name}: {fit['slope_per_min']:+.0f} KiB/min")
+        if style == "-":
+            band = max(2 * fit["noise_sd"], GRAIN["KiB"]) / 1024
+            axes[1].fill_between(t[sel], trend - band, trend + band, color="k", alpha=0.12, label="noise band")
+    axes[1].set_title(result["verdicts"]["rss_workers_kib"].split(";")[0], fontsize=9)
     axes[1].plot(t, [r["rss_supervisor"] / 2**20 for r in rows], label="supervisor")
     axes[1].set_ylabel("RSS (MiB)")
     axes[2].plot(t, [r["fds_workers"] for r in rows], label="workers' open fds")
     axes[2].plot(t, [2 * _calls(r) + idle["fds_workers"] for r in rows], ls=":", label="idle + 2 per call")
     axes[2].set_ylabel("file descriptors")
-    axes[3].plot(t, [(r["rss_workers"] - idle["rss_workers"]) / 1024 / _calls(r) if _calls(r) else np.nan
-                     for r in rows])
+    steady = [st_calls * 0.5 <= _calls(r) and r["t"] <= hi * 60 for r in rows
+              for st_calls in [result["settings"]["calls"]]]  # leave out the ramp and the final hang-up
+    axes[3].plot(t, [(r["rss_workers"] - idle["rss_workers"]) / 1024 / _calls(r) if ok else np.nan
+                     for r, ok in zip(rows, steady, strict=True)])
     axes[3].set_ylabel("KiB per call (RSS over idle / calls)")
     axes[3].set_xlabel("minutes since the first call (shaded: the fit window)")
     for ax in axes[:3]:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="center right")
     st = result["settings"]
     fig.suptitle(f"bench soak: {st['calls']} calls × {st['minutes']:g} min, {result['calls']['placed']:,} calls")
     fig.tight_layout()
@@ -665,7 +764,9 @@ async def _commands() -> asyncio.Queue[str]:
 _KEEP: list[Any] = []  # background tasks of a child (a reference keeps them alive)
 
 
-def _session_summary(s: Any) -> dict[str, Any]:
+def _session_summary(s: Any, offset: float) -> dict[str, Any]:
+    """What the judge needs of one finished session; times on CLOCK_MONOTONIC (``offset``: this
+    loop's time minus it), comparable with the Twilio generators'."""
     sid = None
     for event in s.client_events:
         event_id = event.event.get("event_id")
@@ -676,7 +777,7 @@ def _session_summary(s: Any) -> dict[str, Any]:
             "violations": s.violations[:5], "truncates": len(s.truncates),
             "truncates_rejected": sum(1 for t in s.truncates if not t.accepted), "cancels": len(s.cancels),
             "responses": len(s.responses), "items": len(s.assistant_items), "client_closed": s.client_closed,
-            "close_reason": s.close_reason}
+            "close_reason": s.close_reason, "connected_mono": s.connected_at - offset}
 
 
 def _forget(s: Any) -> None:
@@ -704,6 +805,7 @@ async def openai_main(config: dict[str, Any]) -> dict[str, Any]:
     ssl_ctx, ca_file = make_self_signed_tls(config["tls_dir"]) if config["tls"] else (None, "")
     commands = await _commands()
     url = await sim.start("127.0.0.1", 0, ssl_ctx)
+    offset = asyncio.get_running_loop().time() - time.monotonic()
     _emit({"ready": True, "url": url, "ca_file": ca_file, "api_key": sim.config.api_key, "pid": os.getpid()})
     summaries: list[dict[str, Any]] = []
     pending: set[int] = set()
@@ -716,7 +818,7 @@ async def openai_main(config: dict[str, Any]) -> dict[str, Any]:
         for i in sorted(pending):
             s = sim.sessions[i]
             if s.disconnected_at is not None:
-                summaries.append(_session_summary(s))
+                summaries.append(_session_summary(s, offset))
                 _forget(s)
                 pending.discard(i)
 
@@ -737,15 +839,16 @@ async def openai_main(config: dict[str, Any]) -> dict[str, Any]:
     return {"sessions": summaries, "rejected": [[r.status, r.path, r.reason] for r in sim.rejected]}
 
 
-def _call_summary(call: Any, planned_ms: int, error: BaseException | None) -> dict[str, Any]:
+def _call_summary(call: Any, planned_ms: int, error: BaseException | None, offset: float) -> dict[str, Any]:
     rec = call.record
+    started = None if rec.stream_started_at is None else rec.stream_started_at - offset  # CLOCK_MONOTONIC
     return {"sid": rec.call_sid, "outcome": str(rec.outcome), "closed_by": rec.closed_by,
             "close_code": rec.close_code, "close_reason": rec.close_reason,
             "violations": [f"{c} {d[:120]}" for c, d in rec.violations[:5]], "late_sends": rec.late_sends,
             "max_lag_ms": round(rec.max_lag_ms, 1), "caller_bytes_sent": rec.caller_bytes_sent,
             "stream_started_at": rec.stream_started_at, "ended_at": rec.ended_at, "planned_ms": planned_ms,
             "turns": len(rec.turns), "clears": len(rec.clears), "heard_ms": round(rec.heard_ms),
-            "sim_error": None if error is None else repr(error)[:300]}
+            "sim_error": None if error is None else repr(error)[:300], "stream_started_mono": started}
 
 
 def _quick_problem(summary: dict[str, Any]) -> bool:
@@ -790,7 +893,7 @@ async def twilio_main(plan: dict[str, Any]) -> dict[str, Any]:
 
     def finished(call: Any, spec: dict[str, Any], task: asyncio.Task[Any]) -> None:
         error = None if task.cancelled() else task.exception()
-        summary = _call_summary(call, spec["duration_ms"], error)
+        summary = _call_summary(call, spec["duration_ms"], error, offset)
         summaries.append(summary)
         counts["ended"] += 1
         counts["problems"] += _quick_problem(summary)
