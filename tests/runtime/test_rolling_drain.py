@@ -135,7 +135,7 @@ class Haproxy:
         self.log_path = workdir / "haproxy.log"
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GATEWAY_LB_UNPRIVILEGED": "1",
                     "GATEWAY_LB_LOG": "stderr", "GATEWAY_LB_LOG_FORMAT": "raw",
-                    "GATEWAY_LB_ADMIN_SOCKET": str(self.admin_socket), "GATEWAY_LB_MAXCONN": "2000", **env}
+                    "GATEWAY_LB_ADMIN_SOCKET": str(self.admin_socket), "GATEWAY_LB_MAXCONN": "500", **env}
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen([binary, "-db", "-f", str(CONFIG)], env=full_env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
