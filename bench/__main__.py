@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "load": "bench.load",
     "sweep": "bench.sweep",
     "medians": "bench.medians",
+    "soak": "bench.soak",
 }
 
 
