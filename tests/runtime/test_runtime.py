@@ -280,6 +280,9 @@ def test_sigterm_drains_active_calls_and_refuses_new_ones(serve, target):
             assert not any(m.startswith("drain timeout") for m in messages)
             assert "all workers exited; supervisor exit code 0" in gw.messages("supervisor")
             assert not any(m.endswith("stopping now") for m in messages)
+            # a planned shutdown is not an incident: no error line (alerts fire on them)
+            errors = [r["msg"] for r in gw.logs() if r.get("level") == "error"]
+            assert errors == [], errors
     arun(scenario(), 60)
 
 
