@@ -11,8 +11,9 @@ turns as the caller heard them, function calls and their outputs), then the held
 Rollover: OpenAI caps a session at 60 minutes (``expires_at`` in ``session.created``). Before that
 (``GATEWAY_MAX_SESSION_S``, or 5 minutes before ``expires_at``), the next session is opened and
 configured in the background; at a quiet moment (no response active, the caller not speaking,
-nothing playing at Twilio; the wait is bounded) the conversation is replayed into it and it takes
-over between two caller frames: every frame goes to exactly one session, none is lost or sent twice.
+nothing playing at Twilio; the wait is bounded by two minutes and by the session's expiry, so it
+never loses to the cap) the conversation is replayed into it and it takes over between two caller
+frames: every frame goes to exactly one session, none is lost or sent twice.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ log = logging.getLogger("gateway.continuity")
 BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 4.0)  # before attempt 1, 2, ...
 EXPIRY_MARGIN_S = 300.0  # roll over this long before the server's expires_at (a quarter of a short session)
 QUIET_WAIT_S = 120.0  # the longest a rollover waits for a quiet moment before switching anyway
+SWITCH_MARGIN_S = 30.0  # ... and it switches anyway this long before the session expires
 QUIET_CHECK_S = 0.25
 
 
@@ -101,6 +103,7 @@ class Continuity:
         self._standby: _Standby | None = None
         self._quiet_deadline = 0.0
         self._expiry_due: float | None = None  # monotonic: this session's rollover, from expires_at
+        self._expires: float | None = None  # monotonic: when the server ends this session
 
     @property
     def reconnecting(self) -> bool:
@@ -179,13 +182,14 @@ class Continuity:
         """The server said when this session stops working: roll over well before."""
         if unix:
             remaining = unix - time.time()
+            self._expires = time.monotonic() + remaining
             self._expiry_due = max(time.monotonic() + 1.0,
                                    time.monotonic() + remaining - min(EXPIRY_MARGIN_S, remaining / 4))
             self._schedule_rollover(min(self._rollover_at, self._expiry_due))
 
     def session_lost(self) -> None:
         """The session is gone: its expiry no longer matters (the next one will say its own)."""
-        self._expiry_due = None
+        self._expiry_due = self._expires = None
 
     def _schedule_rollover(self, at: float) -> None:
         self._cancel_rollover()
@@ -215,7 +219,11 @@ class Continuity:
         if standby is not self._standby or standby.link is None:
             return
         self.call.configure(standby.link)
-        self._quiet_deadline = time.monotonic() + QUIET_WAIT_S
+        now = time.monotonic()
+        self._quiet_deadline = now + QUIET_WAIT_S
+        if self._expires is not None:  # a quiet moment is nice, keeping the call is a must
+            left = max(0.0, self._expires - now)
+            self._quiet_deadline = min(self._quiet_deadline, self._expires - min(SWITCH_MARGIN_S, left / 4))
         self._rollover_timer = self.call.call_later(QUIET_CHECK_S, self._switch_when_quiet)
 
     def standby_failed(self, reason: str) -> None:

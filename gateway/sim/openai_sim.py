@@ -79,6 +79,9 @@ class OpenAISimConfig:
     vad_threshold_dbfs: float = -40.0  # energy VAD on appended audio (20 ms windows)
     vad_min_speech_ms: int = 60  # speech must last this long before speech_started
     session_max_s: float = 3600.0  # then error session_expired + close 1001
+    # ``expires_at`` announces session_max_s unless set: a server ending the session earlier than
+    # it said (no help for the client's rollover), to test surviving the cap itself
+    announced_session_s: float | None = None
     rcvbuf_bytes: int = 0  # SO_RCVBUF of accepted sockets (0 = the kernel's); tests of a stalled reader
     reject_beta_header: bool = True  # `OpenAI-Beta` header → error beta_api_shape_disabled + close
     seed: int = 0
@@ -675,7 +678,7 @@ class SimSession(WSListener):
             "type": "realtime", "object": "realtime.session", "id": self.session_id,
             "model": self.model or DEFAULT_MODEL, "output_modalities": ["audio"], "instructions": DEFAULT_INSTRUCTIONS,
             "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None, "truncation": "auto",
-            "prompt": None, "expires_at": int(time.time() + self._cfg.session_max_s), "include": None,
+            "prompt": None, "expires_at": int(time.time() + (self._cfg.announced_session_s or self._cfg.session_max_s)), "include": None,
             "audio": {
                 "input": {"format": dict(pcm), "transcription": None, "noise_reduction": None,
                           "turn_detection": _turn_detection({"type": "server_vad"})},
