@@ -674,11 +674,12 @@ class SimSession(WSListener):
 
     def _default_session(self) -> dict[str, Any]:
         pcm = {"type": "audio/pcm", "rate": 24000}
+        expires_at = int(time.time() + (self._cfg.announced_session_s or self._cfg.session_max_s))
         return {
             "type": "realtime", "object": "realtime.session", "id": self.session_id,
             "model": self.model or DEFAULT_MODEL, "output_modalities": ["audio"], "instructions": DEFAULT_INSTRUCTIONS,
             "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None, "truncation": "auto",
-            "prompt": None, "expires_at": int(time.time() + (self._cfg.announced_session_s or self._cfg.session_max_s)), "include": None,
+            "prompt": None, "expires_at": expires_at, "include": None,
             "audio": {
                 "input": {"format": dict(pcm), "transcription": None, "noise_reduction": None,
                           "turn_detection": _turn_detection({"type": "server_vad"})},
