@@ -797,9 +797,9 @@ async def openai_main(config: dict[str, Any]) -> dict[str, Any]:
     from gateway.sim.openai_sim import OpenAIRealtimeSim, OpenAISimConfig
     from gateway.sim.openai_tls import make_self_signed_tls
 
-    from .loadplan import CHUNK_MS, FIRST_AUDIO_MS, PACE, RESPONSE_MS
+    from .loadplan import DEFAULT_DELTA_MS, FIRST_AUDIO_MS, PACE, RESPONSE_MS
 
-    sim = OpenAIRealtimeSim(OpenAISimConfig(response_ms=RESPONSE_MS, chunk_ms=CHUNK_MS, pace=PACE,
+    sim = OpenAIRealtimeSim(OpenAISimConfig(response_ms=RESPONSE_MS, chunk_ms=DEFAULT_DELTA_MS, pace=PACE,
                                             first_audio_ms=FIRST_AUDIO_MS, seed=config["seed"],
                                             record_audio=False, record_server_events=False))
     ssl_ctx, ca_file = make_self_signed_tls(config["tls_dir"]) if config["tls"] else (None, "")
