@@ -884,7 +884,8 @@ async def twilio_main(plan: dict[str, Any]) -> dict[str, Any]:
     def script(spec: dict[str, Any]) -> Any:
         turns_needed = int(spec["duration_ms"] / min(RESPONSE_MS)) + 2
         turns = []
-        for kind, value, speech_ms in conversation(random.Random(spec["seed"]), plan["barge_in_share"], turns_needed):
+        turn_plan = conversation(random.Random(spec["seed"]), plan["barge_in_share"], turns_needed)
+        for kind, value, speech_ms, _phase in turn_plan:
             if kind == "heard":
                 turns.append(Turn(after_heard_ms=value, speech_ms=speech_ms))
             else:
