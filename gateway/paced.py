@@ -27,6 +27,10 @@ from .stats import CallStats
 
 # Audio Twilio must still have when the next chunk could land, beyond the latency and one beat.
 MARGIN_MS = 25.0
+# The most audio one call holds here (60 s of μ-law, 480 KB): beyond it the excess goes to Twilio
+# at once, as in burst mode (Twilio buffers minutes), so a model streaming a very long answer much
+# faster than real time cannot grow the gateway's memory without bound.
+MAX_HELD_BYTES = 60 * 8000
 
 Plan = list[tuple[str, int, int]]  # (item_id, content_index, audio_end_ms) to truncate
 Send = Callable[[str, int, bytes, float, float], None]  # (item_id, content_index, ulaw, produced_ms, now)
@@ -70,6 +74,7 @@ class Paced:
         self._clock = clock
         self._lead_ms = lead_ms  # the output resampler's group delay (pcm16), as in the ledger
         self._held: deque[_Held] = deque()
+        self._held_bytes = 0
         self._throttled = False  # the last pump held audio back because the lead was full
         self.paused = False
         # Only with ``retain``: the last chunks sent (item, content_index, item byte offset, μ-law),
@@ -97,6 +102,7 @@ class Paced:
             held.append(last)
         last.audio += audio
         last.produced_ms += produced_ms
+        self._held_bytes += len(audio)
         if self.pump(self._clock()):
             self._options.pacer.add(self)
 
@@ -127,11 +133,12 @@ class Paced:
         chunk_bytes = int(options.chunk_ms * 8)
         can_wait_ms = max(options.chunk_ms, ledger.latency_ms + options.pacer.period_s * 1000.0 + MARGIN_MS)
         room = options.max_ahead_ms - ahead
+        excess = self._held_bytes - MAX_HELD_BYTES  # goes whatever the lead
         while held:
             entry = held[0]
             available = len(entry.audio)
             take = min(available, chunk_bytes)
-            if take > room * 8:
+            if take > room * 8 and excess <= 0:
                 self._throttled = True
                 break
             if take < chunk_bytes and entry.open and ahead >= can_wait_ms:
@@ -148,6 +155,8 @@ class Paced:
                 del entry.audio[:take]
             entry.produced_ms -= part
             entry.sent_ms += part
+            self._held_bytes -= take
+            excess -= take
             if options.retain:
                 self._keep(entry.item_id, entry.content_index, audio)
             self._send(entry.item_id, entry.content_index, audio, part, now)
@@ -189,6 +198,7 @@ class Paced:
                 planned.add(entry.item_id)
                 plan.append((entry.item_id, entry.content_index, max(0, math.floor(entry.sent_ms - self._lead_ms))))
         self._held.clear()
+        self._held_bytes = 0
         self._forget_sent()
         self._throttled = False
         self.paused = False
@@ -214,6 +224,7 @@ class Paced:
             if it == item_id and ci == index and start + len(audio) > heard:
                 unheard += audio[max(0, heard - start):]
         self._item_bytes[item_id] = sent - len(unheard)
+        self._held_bytes += len(unheard)
         held = self._held
         head = held[0] if held else None
         if head is not None and head.item_id == item_id and head.content_index == index:
@@ -241,5 +252,6 @@ class Paced:
 
     def stop(self) -> None:
         self._held.clear()
+        self._held_bytes = 0
         self._forget_sent()
         self._options.pacer.discard(self)
