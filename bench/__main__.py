@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "load": "bench.load",
     "sweep": "bench.sweep",
     "fuzz": "bench.fuzz",
+    "medians": "bench.medians",
+    "soak": "bench.soak",
 }
 
 

@@ -15,16 +15,19 @@ import math
 import re
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .loadplan import PHASES
 from .loadsim import FP_BYTES, unpack
 
 WINDOW = 16  # locator window (gateway.sim.truth.WINDOW)
 TAIL_TOLERANCE_BYTES = 8 * 100  # caller audio still in flight when the call ends (harness: 100 ms)
 UNDERRUN_SLACK_S = 0.002
+TRUNCATE_TOLERANCE_MS = 20.0  # the truncation target: |audio_end_ms - heard| p99
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
@@ -112,11 +115,18 @@ class CallVerdict:
     problems: list[str] = field(default_factory=list)
     lat_in: list[float] = field(default_factory=list)  # ms, frames sent inside the window
     lat_out: list[float] = field(default_factory=list)
+    # ms, the media messages that started a playback run at Twilio (its buffer was empty: the
+    # caller was waiting for them): the outbound latency a caller can hear. Paced playout holds
+    # the rest back on purpose, so only these say what it adds.
+    lat_first: list[float] = field(default_factory=list)
     out_method: str = ""
     truncate_err: list[float] = field(default_factory=list)  # signed ms (audio_end_ms - heard)
+    truncate_phase: list[str] = field(default_factory=list)  # the phase of the turn behind each (loadplan.PHASES)
     interrupt_ms: list[float] = field(default_factory=list)  # speech_started sent -> clear received
     stop_ms: list[float] = field(default_factory=list)  # caller speech start -> audio stopped (Twilio time)
+    stop_phase: list[str] = field(default_factory=list)
     inbound_lost_bytes: int = 0
+    inbound_lost_at_start_ms: float = 0.0  # caller frames dropped before the first one forwarded
     gaps: int = 0
     overlaps: int = 0
     unmatched: int = 0
@@ -134,6 +144,20 @@ class CallVerdict:
     sim_lag: list[float] = field(default_factory=list)  # OpenAI sim: ms each delta was sent after its slot
     twilio_violations: int = 0
     upstream_violations: int = 0
+
+
+def leading_frames_lost(frames_crc: Any, k: int, crc: int, max_frames: int = 500) -> int | None:
+    """j if the model received exactly caller frames j .. j+k-1 (160 B each): the first j frames
+    were dropped (a bridge that discards audio until its upstream session is open), else None.
+
+    ``frames_crc[i]`` is the running CRC-32 of frames 0..i. CRC-32 is affine, so the CRC of frames
+    j..j+k-1 alone is crc(0..j+k-1) ^ crc32(zeros(L), crc(0..j-1)) ^ crc32(zeros(L), 0), L = 160 k."""
+    zeros = bytes(160 * k)
+    base = zlib.crc32(zeros)
+    for j in range(1, min(max_frames, len(frames_crc) - k) + 1):
+        if frames_crc[j + k - 1] ^ zlib.crc32(zeros, frames_crc[j - 1]) ^ base == crc:
+            return j
+    return None
 
 
 def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[str, Any], mode: str,
@@ -180,7 +204,13 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
         elif n and not call["frames_unverified"]:
             k = n // 160
             if n % 160 or k == 0 or frames_crc[k - 1] != session["input_crc"]:
-                problems.append("caller audio altered, reordered or duplicated on the way upstream")
+                skipped = leading_frames_lost(frames_crc, k, session["input_crc"]) if not n % 160 else None
+                if skipped:
+                    v.inbound_lost_at_start_ms = skipped * 20.0
+                    problems.append(f"caller audio lost at the start: the first {skipped} frames "
+                                    f"({skipped * 20} ms); the rest arrived in order")
+                else:
+                    problems.append("caller audio altered, reordered or duplicated on the way upstream")
         if sent_bytes - n > TAIL_TOLERANCE_BYTES:
             problems.append(f"caller audio lost: {sent_bytes - n} of {sent_bytes} bytes never arrived")
     elif abs(got - sent_bytes) > TAIL_TOLERANCE_BYTES:
@@ -276,6 +306,7 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
                 problems.append(f"item {item_id}: heard {heard[it] / 8:.0f} of {exp_len / 8:.0f} ms, never truncated")
         by_id = {item_id: i for i, item_id in enumerate(items.ids)}
         trunc_t = unpack(session.get("truncate_t", ""), "d")
+        turn_t = [at - call["loop_offset"] for _i, at, _ms, _h in call["turns"]]  # CLOCK_MONOTONIC
         ended = (call["ended_at"] - call["loop_offset"]) if call["ended_at"] is not None else math.inf
         for k, (item_id, audio_end_ms, accepted, error) in enumerate(session["truncates"]):
             if not accepted:
@@ -286,6 +317,9 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
             it = by_id.get(item_id)
             heard_ms = max(0.0, heard[it] / 8.0 - lead) if it is not None else 0.0
             v.truncate_err.append(audio_end_ms - heard_ms)
+            # the barge-in behind it: the caller's latest turn started before the truncate arrived
+            turn = bisect.bisect_right(turn_t, trunc_t[k]) - 1 if k < len(trunc_t) else -1
+            v.truncate_phase.append(turn_phase(call, turn))
     else:
         for _item_id, _audio_end_ms, accepted, error in session["truncates"]:
             if not accepted:
@@ -293,6 +327,7 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
 
     # ---- outbound latency: OpenAI sim sent the delta -> Twilio sim received its media message
     lat_out = []
+    run_starts = playback_run_starts(starts_at, played)
     if items is not None and mode == "passthrough":
         v.out_method = "content"
         sent_at = {(it, off): t for it, off, t in zip(d_item, d_off, d_t, strict=True)}
@@ -301,6 +336,8 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
                 t = sent_at.get(hit)
                 if t is not None:
                     lat_out.append((chunks_t[i] - t) * 1000.0)
+                    if i in run_starts:
+                        v.lat_first.append(lat_out[-1])
     elif items is not None:
         # pcm16: one media message per delta (the resampler tail of an item comes last): the
         # k-th message of an item, in item order, carries the k-th delta of that item.
@@ -318,11 +355,16 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
                 sends = per_item.get(it, ())
                 if k < len(sends) and w0 <= chunks_t[i] <= w1 and chunks_t[i] >= sends[k]:
                     lat_out.append((chunks_t[i] - sends[k]) * 1000.0)
+                    if i in run_starts:
+                        v.lat_first.append(lat_out[-1])
     else:
         v.out_method = "session order"  # every delta forwarded, in order (naive bridge)
         if len(sizes) <= len(d_t):
-            lat_out.extend((chunks_t[i] - d_t[i]) * 1000.0 for i in range(len(sizes))
-                           if w0 <= chunks_t[i] <= w1 and chunks_t[i] >= d_t[i])
+            for i in range(len(sizes)):
+                if w0 <= chunks_t[i] <= w1 and chunks_t[i] >= d_t[i]:
+                    lat_out.append((chunks_t[i] - d_t[i]) * 1000.0)
+                    if i in run_starts:
+                        v.lat_first.append(lat_out[-1])
     v.lat_out = lat_out
 
     # ---- interrupt: speech_started sent by the model -> clear received by Twilio
@@ -332,10 +374,54 @@ def judge_call(call: dict[str, Any], session: dict[str, Any] | None, bank: dict[
         if k >= 0 and t - ss[k] < 2.0:
             v.interrupt_ms.append((t - ss[k]) * 1000.0)
     for _received, effect_at, _dropped in call["clears"]:
-        before = [at for _i, at, _ms, _h in call["turns"] if at <= effect_at]
+        before = [k for k, (_i, at, _ms, _h) in enumerate(call["turns"]) if at <= effect_at]
         if before:
-            v.stop_ms.append((effect_at - before[-1]) * 1000.0)
+            v.stop_ms.append((effect_at - call["turns"][before[-1]][1]) * 1000.0)
+            v.stop_phase.append(turn_phase(call, before[-1]))
     return v
+
+
+def playback_run_starts(starts_at: Sequence[float], played: Sequence[int]) -> set[int]:
+    """Indexes of the media messages that began playing on an idle Twilio buffer (Twilio time);
+    one never played (cleared, or the caller hung up first) did not begin anything."""
+    out = set()
+    busy_until = -math.inf
+    for i, start in enumerate(starts_at):
+        if math.isnan(start) or played[i] <= 0:
+            continue
+        if start > busy_until + UNDERRUN_SLACK_S:
+            out.add(i)
+        busy_until = max(busy_until, start + played[i] / 8000.0)
+    return out
+
+
+def turn_phase(call: dict[str, Any], k: int) -> str:
+    """The plan's phase (``bench.loadplan.PHASES``) of the call's k-th recorded turn; ``other`` if
+    there is none (k < 0) or the plan did not label it."""
+    if k < 0 or k >= len(call["turns"]):
+        return "other"
+    index = call["turns"][k][0]
+    phases = call.get("turn_phases") or ()
+    return phases[index] if index < len(phases) else "other"
+
+
+def by_phase(values: list[float], phases: list[str], signed: bool = False) -> dict[str, Any]:
+    """``stats`` per phase of ``loadplan.PHASES`` and ``other`` (values whose turn has no phase),
+    every one present; with ``signed``: of the absolute values, plus their signed mean and how many
+    were more than the truncation target (20 ms) short of or past the truth."""
+    groups: dict[str, list[float]] = {phase: [] for phase in (*PHASES, "other")}
+    for value, phase in zip(values, phases, strict=True):
+        groups.setdefault(phase, []).append(value)
+    out = {}
+    for phase, group in groups.items():
+        a = np.asarray(group, dtype=float)
+        entry = stats(np.abs(a) if signed else a)
+        if signed:
+            entry["signed_mean"] = float(a.mean()) if a.size else None
+            entry["short_over_20ms"] = int((a < -TRUNCATE_TOLERANCE_MS).sum())
+            entry["past_over_20ms"] = int((a > TRUNCATE_TOLERANCE_MS).sum())
+        out[phase] = entry
+    return out
 
 
 # ------------------------------------------------------------------------------- the whole run
@@ -357,9 +443,12 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
         upstream_errors.update(v.upstream_errors)
     lat_in = np.concatenate([np.asarray(v.lat_in) for v in verdicts]) if verdicts else np.zeros(0)
     lat_out = np.concatenate([np.asarray(v.lat_out) for v in verdicts]) if verdicts else np.zeros(0)
+    lat_first = np.concatenate([np.asarray(v.lat_first) for v in verdicts]) if verdicts else np.zeros(0)
     trunc = np.asarray([e for v in verdicts for e in v.truncate_err])
+    trunc_phase = [p for v in verdicts for p in v.truncate_phase]
     interrupt = np.asarray([x for v in verdicts for x in v.interrupt_ms])
     stop = np.asarray([x for v in verdicts for x in v.stop_ms])
+    stop_phase = [p for v in verdicts for p in v.stop_phase]
     failed = [v for v in verdicts if v.problems]
     late = sum(c["late_sends"] for c in calls if not c["warmup"])
     sent = sum(c["media_sent"] for c in calls if not c["warmup"])
@@ -378,6 +467,8 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
             "inbound_lost_bytes_total": sum(v.inbound_lost_bytes for v in verdicts),
             "inbound_lost_calls_over_tolerance": sum(1 for v in verdicts
                                                      if v.inbound_lost_bytes > TAIL_TOLERANCE_BYTES),
+            "inbound_lost_at_start_calls": sum(1 for v in verdicts if v.inbound_lost_at_start_ms),
+            "inbound_lost_at_start_ms_max": max((v.inbound_lost_at_start_ms for v in verdicts), default=0.0),
             "outbound_gaps": sum(v.gaps for v in verdicts),
             "outbound_duplicates": sum(v.overlaps for v in verdicts),
             "outbound_unmatched": sum(v.unmatched for v in verdicts),
@@ -389,6 +480,12 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
             "upstream_errors": dict(upstream_errors),
             "upstream_rejected_upgrades": len(openai.get("rejected", [])),
             "content_checks": content_checks,
+            # truncation accuracy is a target, not a problem of the call (the gateway's exit status
+            # does not depend on it), but a bridge that truncates far from what the caller heard
+            # does not do the job: the report counts it against the baselines' verdict
+            "truncates_off_over_20ms": int((np.abs(trunc) > TRUNCATE_TOLERANCE_MS).sum()),
+            "calls_with_truncate_off_over_20ms": sum(1 for v in verdicts
+                                                     if any(abs(e) > TRUNCATE_TOLERANCE_MS for e in v.truncate_err)),
         },
         "conversation": {
             "turns": sum(v.turns for v in verdicts),
@@ -397,12 +494,13 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
             "truncates": sum(v.truncates for v in verdicts),
             "truncates_censored_by_hangup": sum(v.truncates_censored for v in verdicts),
         },
-        "latency_ms": {"inbound": stats(lat_in), "outbound": stats(lat_out),
+        "latency_ms": {"inbound": stats(lat_in), "outbound": stats(lat_out), "outbound_first": stats(lat_first),
                        "outbound_method": verdicts[0].out_method if verdicts else ""},
         "interrupt_ms_sims": stats(interrupt),
-        "stop_ms": stats(stop),
+        "stop_ms": {**stats(stop), "by_phase": by_phase(stop.tolist(), stop_phase)},
         "truncate_error_ms": {**stats(np.abs(trunc)), "signed_mean": float(trunc.mean()) if trunc.size else None,
-                              "available": bool(content_checks)},
+                              "available": bool(content_checks),
+                              "by_phase": by_phase(trunc.tolist(), trunc_phase, signed=True)},
         "generators": {
             # whole calls, from CallRecord (ramp and hang-up included)
             "media_sent": sent, "late_sends": late, "late_share": late / sent if sent else 0.0, "max_lag_ms": max_lag,
@@ -412,7 +510,8 @@ def analyze(calls: list[dict[str, Any]], openai: dict[str, Any], mode: str, wind
         },
         "openai_sim": {"window_delta_lag_ms": stats(sim_lag),
                        "window_late_share": float((sim_lag > 20.0).mean()) if sim_lag.size else 0.0},
-        "_raw": {"lat_in": lat_in, "lat_out": lat_out, "truncate_err": trunc, "interrupt": interrupt},
+        "_raw": {"lat_in": lat_in, "lat_out": lat_out, "truncate_err": trunc, "truncate_phase": trunc_phase,
+                 "interrupt": interrupt},
     }
 
 

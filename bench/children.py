@@ -29,7 +29,7 @@ class Child:
     def __init__(self, name: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
         self.name, self.proc, self.log_path = name, proc, log_path
         self.status: dict[str, Any] = {}
-        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # messages by their first key
         self.reader: asyncio.Future[None] | None = None
 
     @classmethod
@@ -55,8 +55,13 @@ class Child:
                 continue
             if "status" in msg:
                 self.status = msg["status"]
-            else:
-                self.messages.put_nowait(msg)
+            elif isinstance(msg, dict) and msg:
+                self.queue(next(iter(msg))).put_nowait(msg)
+
+    def queue(self, key: str) -> asyncio.Queue[dict[str, Any]]:
+        """The messages whose first key is ``key`` (so waits for different keys never take each
+        other's messages: the bench waits for ``done`` while it asks for ``counts``)."""
+        return self.queues.setdefault(key, asyncio.Queue())
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -66,23 +71,17 @@ class Child:
         return "\n".join(text[-lines:])
 
     async def expect(self, key: str, timeout: float) -> dict[str, Any]:
-        """The next message carrying ``key``; fails if the process exits or time runs out."""
-        deadline = time.monotonic() + timeout
-        while True:
-            get = asyncio.ensure_future(self.messages.get())
-            died = asyncio.ensure_future(self.proc.wait())
-            done, _ = await asyncio.wait({get, died}, timeout=max(0.0, deadline - time.monotonic()),
-                                         return_when=asyncio.FIRST_COMPLETED)
-            died.cancel()
-            if get in done:
-                msg = get.result()
-                if key in msg:
-                    return msg
-                continue
-            get.cancel()
-            if died in done or self.proc.returncode is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before {key!r}:\n{self.log_tail()}")
-            raise RuntimeError(f"{self.name}: no {key!r} within {timeout:.0f} s:\n{self.log_tail()}")
+        """The next message whose first key is ``key``; fails if the process exits or time runs out."""
+        get = asyncio.ensure_future(self.queue(key).get())
+        died = asyncio.ensure_future(self.proc.wait())
+        done, _ = await asyncio.wait({get, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        died.cancel()
+        if get in done:
+            return get.result()
+        get.cancel()
+        if died in done or self.proc.returncode is not None:
+            raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before {key!r}:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.name}: no {key!r} within {timeout:.0f} s:\n{self.log_tail()}")
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None

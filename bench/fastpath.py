@@ -66,6 +66,12 @@ def twilio_media(ulaw: bytes) -> bytes:
     })
 
 
+def twilio_mark(name: str) -> bytes:
+    """Mark echo from Twilio: key order of Twilio's example (docs/protocols/twilio.md#message-shapes)."""
+    return orjson.dumps({"event": "mark", "sequenceNumber": "1234", "streamSid": STREAM_SID,
+                         "mark": {"name": name}})
+
+
 def audio_delta(audio: bytes) -> bytes:
     """``response.output_audio.delta`` as in docs/protocols/openai-realtime.md#response-events."""
     return orjson.dumps({
@@ -81,6 +87,7 @@ PCM24K_FRAME = speech_like(20, 24000)  # 960 B
 ULAW_100MS = audioop.lin2ulaw(speech_like(100, 8000), 2)  # 800 B
 PCM24K_100MS = speech_like(100, 24000)  # 4800 B
 MEDIA_MSG = twilio_media(ULAW_FRAME)
+MARK_MSG = twilio_mark(MARK_NAME)
 DELTA_PCMU = audio_delta(ULAW_100MS)
 DELTA_PCM16 = audio_delta(PCM24K_100MS)
 assert len(orjson.loads(MEDIA_MSG)["media"]["payload"]) == 216
@@ -216,6 +223,28 @@ def _decode_media(k):
             return k.dec(d["media"]["payload"])
         return None
     return run
+
+
+def _decode_mark(msg, sid):
+    d = orjson.loads(msg)
+    if d["event"] == "mark":
+        if d["streamSid"] != sid:
+            raise ValueError("streamSid")
+        return d["mark"]["name"]
+    return None
+
+
+def _media_to_append_not_media(msg):
+    """What a fallback full parse costs on a message that is not media (orjson, no audio)."""
+    d = orjson.loads(msg)
+    return None if d["event"] != "media" else d
+
+
+def _gateway_parse():
+    """Today's reading of a mark echo: the gateway's typed msgspec decode (imported lazily, so
+    the bench does not load the gateway unless the case runs)."""
+    from gateway.twilio.events import parse
+    return parse
 
 
 def _decode_delta(k):
@@ -365,6 +394,19 @@ CASES = (
     Case("decode_media (Twilio media 160 B)", "decode_media",
          lambda m: calls(lambda: (m.framing.decode_media, MEDIA_MSG)),
          pipelines("orjson", _decode_media, MEDIA_MSG, codec=True)),
+    Case("decode_mark (Twilio mark echo)", "decode_mark",
+         lambda m: calls(lambda: (m.framing.decode_mark, MARK_MSG, STREAM_SID)),
+         {"orjson+dict": calls(lambda: (_decode_mark, MARK_MSG, STREAM_SID)),
+          "msgspec events.parse": calls(lambda: (_gateway_parse(), MARK_MSG, STREAM_SID))},
+         frames=None),
+    Case("decode_mark (Twilio media -> None)", "decode_mark",
+         lambda m: calls(lambda: (m.framing.decode_mark, MEDIA_MSG, STREAM_SID)),
+         {"orjson+dict": calls(lambda: (_decode_mark, MEDIA_MSG, STREAM_SID))},
+         frames=None),
+    Case("media_to_append (Twilio mark echo -> None)", "media_to_append",
+         lambda m: calls(lambda: (m.framing.media_to_append, MARK_MSG)),
+         {"orjson+dict": calls(lambda: (_media_to_append_not_media, MARK_MSG))},
+         frames=None),
     Case("encode_media 800 B", "encode_media",
          lambda m: calls(lambda: (m.framing.encode_media, STREAM_SID, ULAW_100MS)),
          pipelines("orjson", lambda k: lambda sid, audio: orjson.dumps(

@@ -80,7 +80,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import msgspec
 import orjson
@@ -95,6 +95,7 @@ from gateway.control import commands
 from gateway.control.model import ControlError, Verb
 from gateway.errors import UpstreamProtocolError
 from gateway.openai import server_events as se
+from gateway.openai.upstream import UpstreamLink
 from gateway.outcomes import EndReason, ToolStatus, Trigger, UpstreamFailure
 from gateway.responses import LOCAL_PREFIX, OUT_OF_BAND_MEMORY
 from gateway.twilio.rest import TwilioRestError
@@ -137,6 +138,9 @@ class FuzzConfig:
             max_pending_audio_ms=self.max_pending_audio_ms, greeting=self.greeting,
             tool_secret="fuzz-tool-secret",  # noqa: S106 - a test key
             twilio_account_sid=ACCOUNT_SID if self.rest else "",
+            # The oracle models burst playout and one upstream session per call; paced playout, upstream
+            # reconnects and false-interruption resume are proven by their own end-to-end tests.
+            playout="burst", upstream_reconnect_attempts=0,
         )
 
 
@@ -286,6 +290,12 @@ class Leg:
     def close(self, code: int = 1000, reason: str = "") -> None:
         self.closes.append((code, reason))
         self._h.on_closed(self)
+
+    def retarget(self, sink: Any) -> None:
+        """``UpstreamLink``'s: the harness delivers events itself, to ``Harness.call``."""
+
+    def detach(self) -> None:
+        """``UpstreamLink``'s (reconnects are off in the fuzzer: never called)."""
 
 
 class FuzzFailure(AssertionError):  # noqa: N818 - what the fuzzer reports: a failure, not an error
@@ -632,7 +642,12 @@ class Harness:
                 self.echo(mark["name"])
 
     def upstream_message(self, message: bytes) -> None:
-        """One text message from the upstream; the oracle reads it as the call will."""
+        """One text message from the upstream; the oracle reads it as the call will.
+
+        Before the session is connected the server has sent nothing but ``session.created`` (the call
+        accepts that early); other events cannot arrive then and are not delivered."""
+        if self.call.state in (State.CONNECTED, State.STARTING) and b'"session.created"' not in message:
+            return
         self.last_upstream = message
         kind, must_clear = self._observe_upstream(message)
         self.drive(kind, lambda: self.call.on_upstream(message))
@@ -1395,7 +1410,7 @@ def machine_class() -> type:
             handle.done = True
             leg = Leg(h, f"upstream{len(h.ups)}")
             h.ups.append(leg)
-            h.drive("connect", lambda: h.call.upstream_connected(leg, 0.05))
+            h.drive("connect", lambda: h.call.upstream_connected(cast(UpstreamLink, leg), 0.05))
 
         @precondition(lambda self: self.h is not None and bool(self.h.connects) and not self.h.connects[-1].done
                       and not self.h.connects[-1].cancelled)

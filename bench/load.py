@@ -3,18 +3,24 @@
 Three kinds of processes, all on this machine:
   * the OpenAI Realtime simulator (uvloop; TLS with a throw-away CA unless --no-tls),
   * the system under test: `gateway serve --workers W` configured by environment variables
-    (--baseline pure: the same with GATEWAY_NO_EXTENSIONS=1; --baseline naive: the bridge in
-    bench/baselines/naive_bridge.py; each baseline runs after the gateway, under the same load),
+    (--baseline burst: the same with GATEWAY_PLAYOUT=burst; pure: with GATEWAY_NO_EXTENSIONS=1;
+    naive: the bridge in bench/baselines/naive_bridge.py; sdk: the OpenAI Agents SDK's
+    TwilioRealtimeTransportLayer on Node, bench/baselines/sdk/, npm ci on first use; each
+    baseline runs after the gateway, under the same load),
   * Twilio simulators as load generators (uvloop; one process per ~250 calls).
 A few warm-up calls run first, then N calls ramp up (--ramp-rate per second), the system settles
 (--settle s) and the steady state is measured for --duration s with all N calls up; then every
 caller hangs up. Each caller really talks (a 20 ms frame every 20 ms); the model answers with
-multi-second responses streamed 5× faster than real time (first audio after 300 ms); a share of
-the caller's turns barge in at a random moment, during generation or after it while Twilio still
-plays (--barge-in-share), the others wait until the answer has played.
+multi-second responses in --delta-ms deltas (40 ms) streamed 5× faster than real time (first
+audio after 300 ms); a share of the caller's turns barge in at a random moment, during generation
+or after it while Twilio still plays (--barge-in-share), and after a barge-in some callers barge in
+again half a second into the next reply (--rebarge-share); the others wait until the answer has
+played.
 
 Measured: CPU of the gateway's process tree (supervisor + workers, /proc, sampled at the edges of
 the steady-state window) per call-second and calls per core; RSS per call (peak - idle) / N;
+messages per call-second on each leg, by kind (counted by the simulators); system calls per
+call-second (read/write family from /proc/<pid>/io; every call by name with --syscalls perf);
 latency added in each direction (Twilio sim socket -> OpenAI sim socket and back, joined on
 CLOCK_MONOTONIC stamps); interrupt latency (model's speech_started sent -> Twilio's clear
 received, and the gateway's own gateway_interrupt_to_clear_seconds); truncation error vs what the
@@ -35,6 +41,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from .baselines import sdk_setup
 from .loadfigures import RunOutput
 from .loadreport import evaluate_targets, json_run, ratios, render_report
 from .loadrun import run_target
@@ -63,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
     Exit status 1 if the gateway run had calls with problems."""
     st = Settings.from_args(args, args.calls, args.duration)
     targets = ["gateway", *[b for b in args.baseline if b != "gateway"]]
+    if "sdk" in targets:
+        problem = sdk_problem(st)
+        if problem is not None:
+            print(f"bench load: --baseline sdk: {problem}")
+            return 2
     print(headline(st, targets), flush=True)
     outputs = asyncio.run(run_targets(st, targets))
     runs = {name: json_run(o) for name, o in outputs.items()}
@@ -78,18 +90,31 @@ def run(args: argparse.Namespace) -> int:
     return 0 if runs["gateway"]["correctness"]["calls_with_problems"] == 0 else 1
 
 
+def sdk_problem(st: Settings) -> str | None:
+    """Why the sdk baseline cannot run with these settings on this machine (None: it can)."""
+    if st.mode != "passthrough":
+        return ("the SDK's TwilioRealtimeTransportLayer forwards μ-law both ways (g711_ulaw): "
+                "run it with --mode passthrough")
+    return sdk_setup.unavailable()
+
+
 def headline(st: Settings, targets: list[str]) -> str:
     return (f"bench load: {st.calls} calls × {st.duration:g} s steady state, {st.mode}"
-            f"{' + TLS' if st.tls else ''}, coalesce {st.coalesce}, Twilio latency {st.latency_ms:g} ± "
-            f"{st.jitter_ms:g} ms, barge-in share {st.barge_in_share:g}, {st.n_generators()} load generator(s), "
+            f"{' + TLS' if st.tls else ''}, coalesce {st.coalesce}, {st.playout} playout, {st.delta_ms} ms deltas, "
+            f"Twilio latency "
+            f"{st.latency_ms:g} ± {st.jitter_ms:g} ms, barge-in share {st.barge_in_share:g} (again 0.5 s into the "
+            f"next reply: {st.rebarge_share:g} of them), {st.n_generators()} load generator(s), "
             f"targets: {', '.join(targets)}")
 
 
 async def run_targets(st: Settings, targets: list[str]) -> dict[str, RunOutput]:
-    """One run per target, one after the other (fresh processes each)."""
+    """One run per target, one after the other (fresh processes each); the sdk baseline's Node
+    packages are installed first if they are not yet (npm ci)."""
     def progress(msg: str) -> None:
         print(msg, flush=True)
 
+    if "sdk" in targets:
+        await asyncio.to_thread(sdk_setup.ensure_installed, progress)
     return {target: await run_target(st, target, progress) for target in targets}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .loadplan import Timeline
 from .metrics import Metrics, metrics_summary
-from .procstat import TreeSample
+from .procstat import IoSample, TreeSample
 from .settings import Settings
 
 SATURATED_BUSY_SHARE = 0.8  # machine CPU busy at or above this: latencies include run-queue waits
@@ -46,6 +46,9 @@ class Edge:
     t: float  # time.monotonic()
     sched_sut: SchedStat  # the system under test's processes
     sched_sims: SchedStat  # the simulators' processes
+    io: IoSample | None = None  # procstat.io_sample of the system under test's processes
+    # the messages the simulators counted so far: {"twilio": {...}, "openai": {...}} (bench.loadsim)
+    counts: dict[str, dict[str, int]] | None = None
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Window:
     start: Edge
     end: Edge
     metrics1: Metrics | None  # /metrics at its end
+    perf: dict[str, Any] | None = None  # --syscalls perf: bench.syscalls.SyscallCounter.stop()
 
     @property
     def seconds(self) -> float:
@@ -122,6 +126,74 @@ def cpu_figures(calls: int, w: Window, idle_cpu_rate: float | None) -> dict[str,
     }
 
 
+# (leg, kind, which simulator counted it, its key there): every message between the system under
+# test and its two peers, as the simulators saw them (bench.loadsim counts)
+MESSAGE_KINDS = (
+    ("twilio_to_system", "media", "twilio", "media"),
+    ("twilio_to_system", "mark", "twilio", "mark"),
+    ("twilio_to_system", "other", "twilio", "other"),
+    ("system_to_twilio", "media", "twilio", "got_media"),
+    ("system_to_twilio", "mark", "twilio", "got_mark"),
+    ("system_to_twilio", "clear", "twilio", "got_clear"),
+    ("system_to_twilio", "other", "twilio", "got_other"),
+    ("system_to_openai", "append", "openai", "append"),
+    ("system_to_openai", "other", "openai", "client_other"),
+    ("openai_to_system", "delta", "openai", "delta"),
+    ("openai_to_system", "other", "openai", "server_other"),
+)
+INBOUND_LEGS = ("twilio_to_system", "openai_to_system")  # what the system under test reads
+
+
+def message_figures(calls: int, w: Window) -> dict[str, Any]:
+    """Messages per call-second in the window, by leg and kind, from the simulators' counts at its
+    edges; ``in``/``out``: everything the system under test received / sent."""
+    a, b = w.start.counts, w.end.counts
+    out: dict[str, Any] = {leg: {} for leg, *_ in MESSAGE_KINDS}
+    if a is None or b is None or w.seconds <= 0:
+        for leg, kind, *_ in MESSAGE_KINDS:
+            out[leg][kind] = None
+        return {**out, "in": None, "out": None}
+    scale = calls * w.seconds
+    for leg, kind, sim, key in MESSAGE_KINDS:
+        out[leg][kind] = (b[sim].get(key, 0) - a[sim].get(key, 0)) / scale
+    for leg in list(out):
+        out[leg]["total"] = sum(out[leg].values())
+    return {**out, "in": sum(out[leg]["total"] for leg in INBOUND_LEGS),
+            "out": sum(out[leg]["total"] for leg in out if leg not in INBOUND_LEGS)}
+
+
+def syscall_figures(calls: int, w: Window, messages: dict[str, Any]) -> dict[str, Any]:
+    """System calls of the system under test per call-second in the window.
+
+    Always, from /proc/<pid>/io (``procstat.io_sample``): the read family (``syscr``: read, readv,
+    pread64, preadv) and the write family (``syscw``: write, writev, pwrite64, pwritev), on sockets
+    as on files; not the socket calls (send/sendto/sendmsg, recv/recvfrom/recvmsg), not epoll. Then
+    the context switches of all its threads (voluntary: it blocked, e.g. in epoll_wait; involuntary:
+    preempted). With --syscalls perf (``w.perf``): every system call (``all``) and the calls of
+    ``bench.syscalls.NAMES`` by name; else ``all`` is None."""
+    scale = calls * w.seconds
+    a, b = w.start.io, w.end.io
+    d = b.minus(a) if a is not None and b is not None and scale > 0 else None
+    msgs = (messages["in"] or 0.0) + (messages["out"] or 0.0)
+    perf = w.perf or {}
+    counted = bool(perf.get("available")) and scale > 0
+    total = perf["all"] / scale if counted else None
+    return {
+        "read_family": d.syscr / scale if d else None,
+        "write_family": d.syscw / scale if d else None,
+        "read_write": (d.syscr + d.syscw) / scale if d else None,
+        "read_kib": d.rchar / scale / 1024 if d else None,
+        "written_kib": d.wchar / scale / 1024 if d else None,
+        "context_switches_voluntary": d.voluntary / scale if d else None,
+        "context_switches_involuntary": d.involuntary / scale if d else None,
+        "all": total,
+        "all_per_message": total / msgs if total is not None and msgs else None,
+        "by_name": {name: n / scale for name, n in sorted(perf["by_name"].items(), key=lambda kv: -kv[1]) if n}
+        if counted else {},
+        "perf": {k: v for k, v in perf.items() if k in ("available", "reason")} if w.perf is not None else None,
+    }
+
+
 def memory_figures(calls: int, idle: TreeSample | None, peak_rss: int) -> dict[str, float | None]:
     """RSS of the workers: after the warm-up, peak in the window, and (peak - idle) per call."""
     idle_rss = idle.rss_workers if idle else None
@@ -151,16 +223,21 @@ def summarise(st: Settings, target: str, system: str, tl: Timeline, readings: Re
     latencies of ``bench.analysis.analyze``, without ``_raw``), the gateway's metrics, the profile."""
     w = readings.window
     mark_fell_behind(result, st.n_generators())
+    messages = message_figures(st.calls, w)
     summary = {
         "target": target,
         "system": system,
+        # the baselines forward every delta at once, like the gateway's burst playout
+        "playout": st.playout if target in ("gateway", "pure") else "burst",
         "calls": st.calls,
         "timeline_s": timeline_figures(tl, st.settle, w.seconds, readings.stop_s),
         "cpu": cpu_figures(st.calls, w, readings.idle_cpu_rate),
         "memory": memory_figures(st.calls, w.idle, readings.peak_rss),
+        "messages_per_call_second": messages,
+        "syscalls_per_call_second": syscall_figures(st.calls, w, messages),
         **result,
     }
-    if target != "naive":
+    if target in ("gateway", "burst", "pure"):
         summary["gateway_metrics"] = metrics_summary(w.metrics0, w.metrics1, readings.metrics_final)
     if profile is not None:
         summary["profile"] = profile

@@ -1,4 +1,4 @@
-"""One load run against one target (gateway | pure | naive): every process started, the timeline
+"""One load run against one target (gateway | pure | naive | sdk): every process started, the timeline
 followed, the calls judged, the figures computed, every process ended.
 
 ``run_target`` is the entry point; ``_run`` reads top to bottom as a run happens:
@@ -10,7 +10,9 @@ followed, the calls judged, the figures computed, every process ended.
     go                  T0: the generators start their calls on one shared CLOCK_MONOTONIC schedule
     warm up             the warm-up calls; then the idle RSS, and a first /metrics scrape
     ramp, settle        N calls start at --ramp-rate, then --settle s; /metrics scraped just before ...
-    measure             ... the window: CPU, machine, scheduler and /metrics read at both edges
+    measure             ... the window: CPU, machine, scheduler, /proc/<pid>/io, the simulators'
+                        message counts and /metrics read at both edges (--syscalls perf: perf stat
+                        counts system calls in between)
     hang up             every caller hangs up; until then: progress, samples, fail fast (``_watch``)
     stop, collect       the system under test stops; the simulators' records are read back
     analyse             ``bench.analysis`` judges every call from those records
@@ -32,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from . import procstat
+from .baselines import sdk_setup
 from .children import Child, child_env, free_port, gateway_command, wait_healthy, workers_flag_supported
 from .loadfigures import Edge, Readings, RunOutput, Sample, Window, summarise
-from .loadplan import CHUNK_MS, FIRST_AUDIO_MS, PACE, RESPONSE_MS, Timeline, build_plan
+from .loadplan import FIRST_AUDIO_MS, PACE, RESPONSE_MS, Timeline, build_plan
 from .metrics import Metrics, scrape
 from .profile import Profiler
 from .settings import Settings
+from .syscalls import SyscallCounter
 
 PUBLIC_HOST = "gateway.bench.test"
 PUBLIC_URL = f"https://{PUBLIC_HOST}"
@@ -45,12 +49,13 @@ NAIVE_MEDIA_HOST = "media.gateway.bench.test"
 AUTH_TOKEN = secrets.token_hex(16)  # the simulated Twilio account's auth token (signatures, call tokens)
 GREETING = "Greet the caller and offer help with their order."
 NAIVE_SYSTEM = "bench/baselines/naive_bridge.py (1 process, asyncio websockets + json + base64 + audioop)"
+SCRAPED = ("gateway", "burst", "pure")  # targets with the gateway's /metrics
 
 Progress = Callable[[str], None]
 
 
 async def run_target(st: Settings, target: str, progress: Progress) -> RunOutput:
-    """One complete run against ``target`` (gateway | pure | naive); every process is ended."""
+    """One complete run against ``target`` (gateway | pure | naive | sdk); every process is ended."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-load-{target}-"))
     children: list[Child] = []
     try:
@@ -67,7 +72,7 @@ async def run_target(st: Settings, target: str, progress: Progress) -> RunOutput
 async def _run(st: Settings, target: str, work: Path, children: list[Child], progress: Progress) -> RunOutput:
     """The steps of one run, in the order they happen (see the module docstring)."""
     tl = Timeline(st.calls, st.duration, st.ramp_rate, st.settle)
-    plan = build_plan(tl, st.barge_in_share, st.seed)
+    plan = build_plan(tl, st.barge_in_share, st.seed, st.rebarge_share)
     # start the processes: the system under test needs the OpenAI simulator's URL, the generators its port
     openai, upstream = await start_openai_sim(st, work, children)
     port = free_port()
@@ -76,7 +81,7 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child], pro
     generators = await start_generators(st, plan, sut_spec.connect_to, work, children)
     idle_cpu_rate = await idle_cpu(sut, idle_from)
     # run the timeline: warm up, ramp, settle, measure, hang up
-    run = RunningLoad(st, target, tl, port, sut, openai, generators, progress)
+    run = RunningLoad(st, target, tl, port, sut, openai, generators, progress, work)
     run.go()
     window, peak_rss, profile = await run.follow_timeline()
     metrics_final = await scrape(port) if run.scrapes else None
@@ -94,7 +99,7 @@ async def _run(st: Settings, target: str, work: Path, children: list[Child], pro
 async def start_openai_sim(st: Settings, work: Path, children: list[Child]) -> tuple[Child, dict[str, Any]]:
     """The OpenAI Realtime simulator, listening; its ``ready`` message (url, api_key, ca_file)."""
     config = {"tls": st.tls, "tls_dir": str(work), "sim": {
-        "response_ms": list(RESPONSE_MS), "chunk_ms": CHUNK_MS, "pace": PACE, "first_audio_ms": FIRST_AUDIO_MS,
+        "response_ms": list(RESPONSE_MS), "chunk_ms": st.delta_ms, "pace": PACE, "first_audio_ms": FIRST_AUDIO_MS,
         "seed": st.seed}}
     (work / "openai.json").write_text(json.dumps(config))
     openai = await Child.spawn("openai-sim", [sys.executable, "-m", "bench.loadsim", "openai",
@@ -126,6 +131,7 @@ def sut_command(st: Settings, target: str, port: int, upstream: dict[str, Any]) 
         "GATEWAY_COALESCE_FRAMES": str(st.coalesce), "GATEWAY_TWILIO_LATENCY_MS": str(st.latency_ms),
         "GATEWAY_LOG_LEVEL": st.log_level, "GATEWAY_DRAIN_TIMEOUT_S": "2",
         "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_WORKERS": str(st.workers),
+        "GATEWAY_PLAYOUT": "burst" if target == "burst" else st.playout,
     }
     if target == "naive":
         media_port = free_port()
@@ -133,6 +139,10 @@ def sut_command(st: Settings, target: str, port: int, upstream: dict[str, Any]) 
         connect_to = {PUBLIC_HOST: f"http://127.0.0.1:{port}", NAIVE_MEDIA_HOST: f"http://127.0.0.1:{media_port}"}
         return SutCommand([sys.executable, "-m", "bench.baselines.naive_bridge"], env, connect_to, "1 process",
                           NAIVE_SYSTEM)
+    if target == "sdk":  # webhook and media socket on one port, as the SDK's Twilio example serves them
+        env["NODE_EXTRA_CA_CERTS"] = upstream["ca_file"]  # the simulator's throw-away CA (TLS runs)
+        return SutCommand(["node", str(sdk_setup.SERVER)], env, f"http://127.0.0.1:{port}", "1 process",
+                          sdk_setup.describe())
     if target == "pure":
         env["GATEWAY_NO_EXTENSIONS"] = "1"
     argv = [*gateway_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -147,7 +157,11 @@ def sut_command(st: Settings, target: str, port: int, upstream: dict[str, Any]) 
 async def start_system_under_test(target: str, spec: SutCommand, port: int, work: Path, children: list[Child],
                                   progress: Progress) -> tuple[Child, tuple[procstat.TreeSample | None, float]]:
     """``target`` running and healthy, then settled for 0.5 s; the first idle CPU reading and its time."""
-    sut = await Child.spawn(target, spec.argv, child_env(spec.env), work, json_stdout=False)
+    env = child_env(spec.env)
+    if not env.get("NODE_EXTRA_CA_CERTS"):
+        env.pop("NODE_EXTRA_CA_CERTS", None)
+    env.pop("DEBUG", None)  # the SDK logs every message with `debug` when DEBUG matches
+    sut = await Child.spawn(target, spec.argv, env, work, json_stdout=False)
     children.append(sut)
     await wait_healthy(port, sut)
     await asyncio.sleep(0.5)  # let start-up work settle before the idle measurement
@@ -191,10 +205,11 @@ class RunningLoad:
     system under test and reports progress."""
 
     def __init__(self, st: Settings, target: str, tl: Timeline, port: int, sut: Child, openai: Child,
-                 generators: list[Child], progress: Progress) -> None:
+                 generators: list[Child], progress: Progress, work: Path) -> None:
         self.st, self.target, self.tl, self.port = st, target, tl, port
         self.sut, self.openai, self.generators, self.progress = sut, openai, generators, progress
-        self.scrapes = target != "naive"  # the naive bridge has no /metrics
+        self.scrapes = target in SCRAPED  # the baselines have no /metrics
+        self.syscalls = SyscallCounter(work) if st.syscalls == "perf" else None
         self.t0 = 0.0
         self.start_cpu = 0.0
         self.pids: list[int] = []  # the system under test's descendants (refreshed while running)
@@ -245,12 +260,16 @@ class RunningLoad:
         return await scrape(self.port) if self.scrapes else None
 
     async def measure(self, idle: procstat.TreeSample | None, metrics0: Metrics | None) -> Window:
-        """Both edges of the window (py-spy samples in between with --profile)."""
+        """Both edges of the window (py-spy samples, perf counts in between with --profile,
+        --syscalls perf)."""
         await self.at(self.tl.window_start)
         self.pids[:] = procstat.descendants(self.sut.proc.pid)
         cpu0 = self.sut_tree()
         sched_pids = [self.sut.proc.pid, *self.pids]
         start = self.read_edge(cpu0, sched_pids)
+        start.counts = await self.sim_counts()
+        if self.syscalls is not None:
+            await self.syscalls.start(sched_pids)
         if self.profiler is not None:
             await self.profiler.start(self.sut.proc.pid)
         await self.at(self.tl.window_end)
@@ -258,8 +277,10 @@ class RunningLoad:
         if self.profiler is not None:
             self.profiler.interrupt()
         end = self.read_edge(cpu1, sched_pids)
+        end.counts = await self.sim_counts()
+        syscalls = await self.syscalls.stop() if self.syscalls is not None else None
         metrics1 = await scrape(self.port) if self.scrapes else None
-        return Window(idle, metrics0, start, end, metrics1)
+        return Window(idle, metrics0, start, end, metrics1, syscalls)
 
     async def _watch(self) -> int:
         """Every 0.5 s until every generator is done (every caller hung up): fails fast if the
@@ -319,7 +340,21 @@ class RunningLoad:
 
     def read_edge(self, cpu: procstat.TreeSample | None, sched_pids: list[int]) -> Edge:
         machine, sims_cpu_s, t = procstat.machine_cpu(), self.sims_cpu(), time.monotonic()
-        return Edge(cpu, machine, sims_cpu_s, t, procstat.schedstat(sched_pids), procstat.schedstat(self.sim_pids))
+        return Edge(cpu, machine, sims_cpu_s, t, procstat.schedstat(sched_pids), procstat.schedstat(self.sim_pids),
+                    procstat.io_sample(sched_pids))
+
+    async def sim_counts(self) -> dict[str, dict[str, int]]:
+        """The messages every simulator counted so far (``bench.loadsim``: ``counts``), the Twilio
+        generators' summed."""
+        sims = [self.openai, *self.generators]
+        for child in sims:
+            child.send("counts")
+        replies = await asyncio.gather(*(child.expect("counts", 30) for child in sims))
+        twilio: dict[str, int] = {}
+        for reply in replies[1:]:
+            for key, value in reply["counts"].items():
+                twilio[key] = twilio.get(key, 0) + value
+        return {"openai": replies[0]["counts"], "twilio": twilio}
 
     # ---- progress
     def progress_line(self, now: float, s: procstat.TreeSample | None) -> str:
@@ -365,7 +400,7 @@ def read_records(work: Path, generators: int) -> tuple[list[dict[str, Any]], dic
 def analyse(st: Settings, target: str, tl: Timeline, t0: float, calls: list[dict[str, Any]],
             openai_out: dict[str, Any]) -> dict[str, Any]:
     """``bench.analysis.analyze`` over the window (the naive bridge resamples pcm16 its own way:
-    its audio cannot be located byte-wise, only counted)."""
+    its audio cannot be located byte-wise, only counted; the sdk bridge is always μ-law both ways)."""
     from .analysis import analyze
 
     window = (t0 + tl.window_start, t0 + tl.window_end)

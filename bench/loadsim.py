@@ -16,12 +16,19 @@ processes) and CRCs instead of raw audio, so records of thousands of calls stay 
   ``speech_started``; items (their audio is rebuilt from the simulator's deterministic bank),
   truncates, cancels, errors, violations.
 
+Both also count every message they exchange with the system under test, by kind (``counts``):
+Twilio side, what it wrote (caller ``media``, ``mark`` echoes, anything else: ``connected``,
+``start``, ``stop``) and what it received (``media``, ``mark``, ``clear``, anything else); OpenAI
+side, what it received (``input_audio_buffer.append``, any other client event) and what it sent
+(``response.output_audio.delta``, any other server event).
+
 Control over stdin/stdout, one JSON object per line. The child prints ``{"ready": ...}`` once
 listening (OpenAI) or loaded (Twilio). Twilio then waits for ``go <T0>`` (T0 on CLOCK_MONOTONIC;
 call start offsets are relative to it), prints ``{"status": ...}`` every second and, when every
 call is over, writes OUT.json and prints ``{"done": true}``. The OpenAI child waits for ``dump``,
-stops, writes OUT.json and prints ``{"done": true}``. EOF on stdin (the parent died) ends either
-child at once.
+stops, writes OUT.json and prints ``{"done": true}``. Either answers ``counts`` at any time with
+``{"counts": {...}}``: the messages counted so far (the bench reads them at both edges of the
+measurement window). EOF on stdin (the parent died) ends either child at once.
 """
 from __future__ import annotations
 
@@ -40,6 +47,10 @@ import orjson
 
 FP_BYTES = 48  # audio bytes kept per outbound media message (three 16-byte locator windows)
 LOOP_OFFSET = [0.0]  # this process's loop.time() - time.monotonic(), set once the loop runs
+# Messages between this Twilio process and the system under test, by kind (``twilio_counts``):
+TW_SENT_MARK, TW_SENT_OTHER, TW_GOT_MEDIA, TW_GOT_MARK, TW_GOT_CLEAR, TW_GOT_OTHER = range(6)
+TW_COUNTS = [0] * 6  # media sent is CallRecord.media_sent (summed at read time)
+_TW_GOT = {"media": TW_GOT_MEDIA, "mark": TW_GOT_MARK, "clear": TW_GOT_CLEAR}
 _monotonic = time.monotonic
 _crc32 = zlib.crc32
 
@@ -199,8 +210,9 @@ async def openai_main(config_path: str, out_path: str) -> None:
     await _measure_loop_offset()
     url = await sim.start("127.0.0.1", 0, ssl_ctx)
     emit({"ready": True, "url": url, "ca_file": ca_file, "api_key": sim.config.api_key, "pid": os.getpid()})
-    while await lines.get() != "dump":
-        pass
+    while (line := await lines.get()) != "dump":
+        if line == "counts":
+            emit({"counts": openai_counts(sim.sessions)})
     watcher.cancel()
     await sim.stop()
     cfg = sim.config
@@ -213,9 +225,22 @@ async def openai_main(config_path: str, out_path: str) -> None:
     emit({"done": True})
 
 
+def openai_counts(sessions: list[Any]) -> dict[str, int]:
+    """Messages of every session so far: client events received (appends, others) and server events
+    sent (audio deltas, others). Read from the sessions' own counters: nothing is added per message."""
+    appends = other_in = deltas = sent = 0
+    for s in sessions:
+        appends += s.append_count
+        other_in += sum(s.client_event_counts.values())
+        deltas += len(s.b_d_t)
+        sent += s._event_n  # every server event takes the next event number (deltas included)
+    return {"append": appends, "client_other": other_in, "delta": deltas, "server_other": sent - deltas}
+
+
 # ==================================================================================== Twilio side
 
 def _twilio_classes():
+    from gateway.sim.twilio_record import MarkEcho
     from gateway.sim.twilio_sim import TwilioCall, TwilioSim
 
     class BenchCall(TwilioCall):
@@ -240,11 +265,16 @@ def _twilio_classes():
                 super()._flush(now)
                 return
             frames: list[tuple[float, bytes]] = []  # (due, caller frame) of the messages due now
+            counts = TW_COUNTS
             for due, _data, tag, _binary in q:
                 if due > now:
                     break
                 if type(tag) is bytes:
                     frames.append((due, tag))
+                elif type(tag) is MarkEcho:
+                    counts[TW_SENT_MARK] += 1
+                else:  # connected, start, stop, dtmf
+                    counts[TW_SENT_OTHER] += 1
             rec = self.record
             sent = rec.media_sent
             t = _monotonic()
@@ -267,6 +297,7 @@ def _twilio_classes():
             heard = self.record.heard
             n = len(heard)
             super()._on_message(data, binary)
+            TW_COUNTS[_TW_GOT.get(self.record.received[-1].event, TW_GOT_OTHER)] += 1  # type: ignore[arg-type]
             if len(heard) != n:
                 audio = _payload(data)
                 self.c_t.append(t)
@@ -275,7 +306,7 @@ def _twilio_classes():
             elif not binary and len(data) < 200 and b'"clear"' in data:
                 self.clear_t.append(t)
 
-        def export(self, warmup: bool, loop_offset: float) -> dict[str, Any]:
+        def export(self, warmup: bool, loop_offset: float, phases: list[str]) -> dict[str, Any]:
             rec = self.record
             heard = rec.heard
             return {
@@ -294,6 +325,7 @@ def _twilio_classes():
                 "clears_t": pack(self.clear_t),
                 "clears": [[c.received_at, c.effect_at, c.bytes_dropped] for c in rec.clears],
                 "turns": [[t.index, t.at, t.stream_ms, t.heard_ms] for t in rec.turns],
+                "turn_phases": phases,  # the plan's phase of each turn (bench.loadplan.PHASES)
                 "marks": len(rec.marks), "sim_error": self.sim_error,
             }
 
@@ -321,13 +353,13 @@ def _payload(data: bytes) -> bytes:
 
 
 def build_script(spec: dict[str, Any]) -> Any:
-    """A ``CallScript`` from the plan's compact form: turns are ``[kind, value_ms, speech_ms]``
+    """A ``CallScript`` from the plan's compact form: turns are ``[kind, value_ms, speech_ms, phase]``
     with kind ``heard`` (barge in after hearing value_ms of the answer) or ``quiet`` (speak
-    value_ms after the answer finished)."""
+    value_ms after the answer finished); the phase only labels the turn for the judge."""
     from gateway.sim.twilio_script import CallScript, Turn
 
     turns = []
-    for kind, value, speech_ms in spec.get("turns", ()):
+    for kind, value, speech_ms, *_phase in spec.get("turns", ()):
         if kind == "heard":
             turns.append(Turn(after_heard_ms=value, speech_ms=speech_ms))
         else:
@@ -392,18 +424,35 @@ async def twilio_main(plan_path: str, out_path: str) -> None:
             emit({"status": {"started": started, "up": up, "ended": ended, "late_sends": late,
                              "max_lag_ms": round(lag, 1)}})
 
+    async def answer() -> None:
+        while True:
+            if await lines.get() == "counts":
+                emit({"counts": twilio_counts(handles)})
+
     reporter = asyncio.ensure_future(report())
+    answerer = asyncio.ensure_future(answer())
     await all_started
     results = await asyncio.gather(*(h.task for h in handles), return_exceptions=True)
     reporter.cancel()
+    answerer.cancel()
     watcher.cancel()
     for h, result in zip(handles, results, strict=True):
         if isinstance(result, BaseException):
             h.sim_error = repr(result)[:300]
     await sim.close()
-    out = {"calls": [h.export(c.get("warmup", False), offset) for h, c in zip(handles, calls, strict=True)]}
+    out = {"calls": [h.export(c.get("warmup", False), offset, [t[3] if len(t) > 3 else t[0] for t in c["turns"]])
+                     for h, c in zip(handles, calls, strict=True)]}
     _write_json(out_path, out)
     emit({"done": True})
+
+
+def twilio_counts(handles: list[Any]) -> dict[str, int]:
+    """Messages of every call so far: written to the system under test (caller media, mark echoes,
+    others) and received from it (media, mark, clear, others)."""
+    c = TW_COUNTS
+    return {"media": sum(h.record.media_sent for h in handles if h is not None),
+            "mark": c[TW_SENT_MARK], "other": c[TW_SENT_OTHER], "got_media": c[TW_GOT_MEDIA],
+            "got_mark": c[TW_GOT_MARK], "got_clear": c[TW_GOT_CLEAR], "got_other": c[TW_GOT_OTHER]}
 
 
 async def _measure_loop_offset() -> None:

@@ -16,7 +16,7 @@ def _plt():
     return plt
 
 
-COLORS = {"gateway": "#1f77b4", "pure": "#ff7f0e", "naive": "#d62728"}
+COLORS = {"gateway": "#1f77b4", "burst": "#9467bd", "pure": "#ff7f0e", "naive": "#d62728", "sdk": "#2ca02c"}
 
 
 def load_plots(outputs: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -67,6 +67,12 @@ def load_plots(outputs: dict[str, Any], out_dir: Path) -> list[Path]:
             bins = np.arange(-lim, lim + 2, 2)
             axes[0].hist(np.clip(e, -lim, lim), bins=bins, histtype="step", lw=1.5, color=COLORS.get(name),
                          label=f"{name}: n={e.size}, |p99| {np.quantile(np.abs(e), .99):.1f} ms")
+            phases = np.asarray(out.raw.get("truncate_phase", []))
+            r = e[phases == "rebarge"] if phases.size == e.size else np.zeros(0)
+            if r.size:  # the 2nd barge-in half a second into the next reply, on its own
+                axes[0].hist(np.clip(r, -lim, lim), bins=bins, histtype="step", lw=1.2, ls=":",
+                             color=COLORS.get(name), label=f"{name}, 2nd barge-in 0.5 s into the next reply: "
+                                                           f"n={r.size}, |p99| {np.quantile(np.abs(r), .99):.1f} ms")
         i = np.asarray(out.raw.get("interrupt", []))
         if i.size:
             axes[1].hist(np.clip(i, 0.01, 1000), bins=np.logspace(-2, 3, 81), histtype="step", lw=1.5,

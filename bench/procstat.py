@@ -86,6 +86,62 @@ def tree_sample(root: int, pids: list[int] | None = None) -> TreeSample | None:
     return TreeSample(cpu, top.rss + rss_workers, rss_workers if live else top.rss, live, sys_s)
 
 
+@dataclass
+class IoSample:
+    """Summed counters of a set of processes (``io_sample``)."""
+
+    syscr: int = 0  # read-family system calls (/proc/<pid>/io)
+    syscw: int = 0  # write-family system calls
+    rchar: int = 0  # bytes those read calls returned
+    wchar: int = 0  # bytes those write calls took
+    voluntary: int = 0  # context switches of every thread: it blocked (epoll wait, futex, ...)
+    involuntary: int = 0  # ... it was preempted
+    processes: int = 0  # processes read
+
+    def minus(self, other: IoSample) -> IoSample:
+        return IoSample(self.syscr - other.syscr, self.syscw - other.syscw, self.rchar - other.rchar,
+                        self.wchar - other.wchar, self.voluntary - other.voluntary,
+                        self.involuntary - other.involuntary, min(self.processes, other.processes))
+
+
+def io_sample(pids: list[int]) -> IoSample | None:
+    """System-call and context-switch counters summed over ``pids`` and all their threads.
+
+    ``syscr``/``syscw`` of /proc/<pid>/io count the calls that go through the VFS read and write
+    paths: read(2), readv(2), pread64(2), preadv(2) and write(2), writev(2), pwrite64(2), pwritev(2)
+    (and sendfile, copy_file_range), on any file descriptor, sockets included. They do
+    *not* count send/sendto/sendmsg/recv/recvfrom/recvmsg (the socket calls), epoll_wait, futex or
+    anything else. The context switches come from each thread's /proc/<pid>/task/<tid>/status.
+    None if no process could be read (/proc/<pid>/io needs the same user or ptrace rights)."""
+    total = IoSample()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io", encoding="ascii") as f:
+                io = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+            total.syscr += int(io["syscr"])
+            total.syscw += int(io["syscw"])
+            total.rchar += int(io["rchar"])
+            total.wchar += int(io["wchar"])
+        except (OSError, KeyError, ValueError):
+            continue
+        total.processes += 1
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii", errors="replace") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total.voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            total.involuntary += int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+    return total if total.processes else None
+
+
 def schedstat(pids: list[int]) -> tuple[float, float, int]:
     """Summed (seconds on a CPU, seconds runnable but waiting for a CPU, times scheduled in) of the
     main threads of ``pids`` from /proc/<pid>/schedstat (zeros where unavailable). The wait is

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .loadreport import Run, cpu_target_ms, json_run
+from .loadreport import Run, added_outbound, cpu_target_ms, json_run
 from .loadrun import run_target
 from .report import RESULTS, environment, fmt, render_table, write_json
 from .settings import Settings, add_common_arguments
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def verdict(run: Run, slo_p99_ms: float) -> tuple[bool, list[str]]:
     """(passed, reasons it failed) for one step."""
     reasons = []
-    lat = run["latency_ms"]
+    lat = {"inbound": run["latency_ms"]["inbound"], "outbound": added_outbound(run)}
     for key in ("inbound", "outbound"):
         p99 = lat[key]["p99"]
         if p99 is None:
@@ -58,7 +58,7 @@ def verdict(run: Run, slo_p99_ms: float) -> tuple[bool, list[str]]:
 
 
 def step_row(run: Run, passed: bool, reasons: list[str]) -> dict[str, Any]:
-    lat = run["latency_ms"]
+    lat = {"inbound": run["latency_ms"]["inbound"], "outbound": added_outbound(run)}
     return {
         "calls": run["calls"],
         "passed": passed,

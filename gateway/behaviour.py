@@ -25,6 +25,12 @@ class SessionPlan:
     audio_mode: str = "passthrough"  # passthrough | pcm16
     model: str = ""  # the model of the upstream URL ("" = as configured)
     greeting: str = ""  # instructions of a first response.create; "" = the caller speaks first
+    # False-interruption resume (turns.Turns): caller speech shorter than this pauses the
+    # assistant's audio instead of interrupting it; 0 = off. When on, the session's VAD neither
+    # cancels nor creates responses: the gateway decides both.
+    min_interruption_ms: int = 0
+    respond_to_turns: bool = True  # create a response after each caller turn (the VAD's create_response)
+    server_interrupts: bool = True  # the server cancels its response on speech start (interrupt_response)
 
 
 @dataclass(frozen=True)
@@ -108,5 +114,16 @@ class CallBehaviour:
     def on_interrupt(self, interruption: Interruption) -> None:
         """A barge-in acted (clear/cancel/truncate sent)."""
 
+    def on_false_interruption(self, item_id: str) -> None:
+        """The caller's turn ``item_id`` was too short to interrupt: deleted, the assistant resumed."""
+
     def on_end(self, outcome: str, reason: str) -> None:
         """The call ended (both sockets closed or closing)."""
+
+    def replay(self) -> list[bytes]:
+        """The conversation so far as client events for a new session (reconnect, rollover)."""
+        return []
+
+    def awaits_answer(self) -> bool:
+        """After a replay: is the model's turn due (the caller spoke last, unanswered)?"""
+        return False

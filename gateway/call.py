@@ -8,7 +8,8 @@ hand typed events to a dispatch table here; metrics export belongs to the runtim
 the plain counters in ``CallStats``.
 
 Per-frame work is one ``_fastpath`` call each way: inbound media → ``media_to_append``, outbound
-delta → ``decode_audio_delta`` (or ``delta_to_pcmu``) → ``Playout.deliver``.
+delta → ``decode_audio_delta`` (or ``delta_to_pcmu``) → ``Playout.deliver``; a mark echo (one per
+chunk sent) is one more, ``decode_mark``.
 
 Barge-in (``interrupt``): snapshot where Twilio's playhead will be when a ``clear`` sent now
 arrives (``Playout.clear``), send ``clear`` if Twilio may still hold audio, cancel the response
@@ -29,14 +30,19 @@ from _fastpath import ProtocolError
 from .behaviour import CallBehaviour, Interruption, SessionPlan, Truncation
 from .caller_audio import CallerAudio
 from .config import Settings
+from .continuity import Continuity
 from .errors import TwilioProtocolError, UpstreamError, UpstreamProtocolError
 from .openai import events as oa
 from .openai import server_events as se
+from .openai.upstream import UpstreamLink
 from .outcomes import EndReason, Outcome, Trigger, TwilioViolation, UpstreamFailure, UpstreamViolation
+from .paced import PacedOptions
+from .pacer import Pacer
 from .playout import Playout
 from .responses import LOCAL_PREFIX, Responses
 from .sender import Sender
 from .stats import CallStats, count
+from .turns import Turns
 from .twilio import events as tw
 from .twilio.tokens import PARAMETER as TOKEN_PARAMETER
 from .twilio.tokens import CallClaims, TokenVerifier
@@ -67,6 +73,11 @@ class _Timer:
         self._handle.cancel()
 
 
+def pacer_period_s(settings: Settings) -> float:
+    """The paced playout's beat: half a chunk, so the lead never drops a full chunk below its target."""
+    return settings.playout_chunk_ms / 2000.0
+
+
 class State(enum.Enum):
     CONNECTED = "connected"  # Twilio socket open, waiting for `start`
     STARTING = "starting"  # `start` accepted, upstream session opening
@@ -88,6 +99,7 @@ class Call:
         on_end: Callable[[Call], None] | None = None,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
         admit: Callable[[Call, str], None] | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.settings = settings
         self.state = State.CONNECTED
@@ -106,7 +118,10 @@ class Call:
         self._on_end = on_end
         self._call_later = call_later
         self._admit = admit  # the control plane's say on `start`; None: admitted at once
-        self._up: Sender | None = None
+        if pacer is None and call_later is not None and settings.playout == "paced":
+            pacer = Pacer(clock, call_later, pacer_period_s(settings))  # a call on its own (tests)
+        self._pacer = pacer if settings.playout == "paced" else None
+        self._up: UpstreamLink | None = None
         self._direct_up: Sender | None = None  # set while streaming one frame per append: the hot path
         self._connecting: Any = None  # handle of the upstream connect in progress (has .cancel())
         self.behaviour = CallBehaviour()  # the agent's, once `start` says which agent
@@ -119,13 +134,21 @@ class Call:
         self._expected_end: EndReason | None = None  # what Twilio's coming stop/close means
         self._timers: set[_Timer] = set()
         self._local_seq = 0
+        self._caller_speaking = False
+        self.continuity = Continuity(self)
+        self.turns: Turns | None = None  # false-interruption resume, when the plan asks for it
 
     def _configure_audio(self, transcode: bool) -> None:
         settings = self.settings
         self.caller = CallerAudio(self.stats, settings.coalesce_frames, settings.max_pending_audio_ms, transcode)
         self._in_resampler = self.caller.resampler
+        plan = self._plan
+        paced = None
+        if self._pacer is not None:
+            paced = PacedOptions(self._pacer, settings.playout_lead_ms, settings.playout_chunk_ms,
+                                 retain=plan is not None and plan.min_interruption_ms > 0)
         self.playout = Playout(self._twilio, self.stats, self._clock, settings.twilio_latency_ms, transcode,
-                               self._call_later)
+                               self._call_later, paced)
         self._pcm16 = transcode
 
     @property
@@ -148,6 +171,14 @@ class Call:
                 return
         if self.state is State.ENDED:
             return
+        if self.stream_sid is not None:  # a mark echo (one per chunk sent): no full parse either
+            try:
+                name = fp.decode_mark(message, self.stream_sid)
+            except ProtocolError:
+                name = None  # the full parse below names the violation
+            if name is not None:
+                self._mark(name)
+                return
         try:
             event = tw.parse(message, self.stream_sid)
         except TwilioProtocolError as exc:
@@ -158,6 +189,11 @@ class Call:
     def on_twilio_binary(self) -> None:
         """Twilio only sends JSON text frames: a binary frame is a protocol violation."""
         self._twilio_violation(TwilioViolation.BINARY_FRAME, "binary WebSocket frame")
+
+    def on_twilio_stalled(self) -> None:
+        log.warning("twilio stopped reading: more than %d ms of audio waiting; ending the call",
+                    self.settings.twilio_stall_ms, extra=self.log_extra())
+        self.end(EndReason.TWILIO_STALLED)
 
     def on_twilio_oversized(self, size: int) -> None:
         self._twilio_violation(TwilioViolation.OVERSIZED_FRAME, f"{size} bytes > GATEWAY_MAX_FRAME_BYTES")
@@ -180,8 +216,10 @@ class Call:
             claims = CallClaims()  # development mode: nothing is enforced, the default agent answers
         self.behaviour = self._make_behaviour(self, claims)
         plan = self._plan = self.behaviour.plan()
-        if (plan.audio_mode == "pcm16") != self._pcm16:
+        if (plan.audio_mode == "pcm16") != self._pcm16 or plan.min_interruption_ms:
             self._configure_audio(plan.audio_mode == "pcm16")
+        if plan.min_interruption_ms:
+            self.turns = Turns(self, plan)
         self.playout.stream_sid = event.streamSid
         self.state = State.STARTING
         log.info("stream started", extra=self.log_extra())
@@ -208,7 +246,10 @@ class Call:
         self.caller.on_audio(event.audio)
 
     def _on_mark(self, event: tw.Mark) -> None:
-        self.playout.on_mark(event.mark.name)
+        self._mark(event.mark.name)
+
+    def _mark(self, name: str) -> None:
+        self.playout.on_mark(name)
         if self._after_playout:
             self._check_played()
 
@@ -237,40 +278,128 @@ class Call:
         self.end(EndReason.TWILIO_PROTOCOL_ERROR, kind)
 
     # ------------------------------------------------------------------ upstream side
-    def upstream_connected(self, sender: Sender, connect_s: float) -> None:
-        """The transport opened the upstream socket: configure the session, flush early audio."""
+    def upstream_connected(self, link: UpstreamLink, connect_s: float) -> None:
+        """The transport opened an upstream socket: the first session, or one after a failure."""
         if self.state is State.ENDED:
-            sender.close(1000, "call ended")
+            link.close(1000, "call ended")
             return
-        self._up = sender
         self._connecting = None
+        if self.continuity.reconnecting:
+            self.continuity.reconnected(link)
+            return
         self.stats.upstream_connect_s = connect_s
         plan = self._plan
         assert plan is not None
-        sender.send(oa.session_update(plan.session, f"{self.call_sid}:session"))
         self.state = State.STREAMING
-        self.caller.upstream_ready(sender)
-        if self.settings.coalesce_frames == 1:
-            self._direct_up = sender
+        self.bring_up_upstream(link)
         if plan.greeting:
-            sender.send(oa.response_create(plan.greeting))
+            link.send(oa.response_create(plan.greeting))
         self.behaviour.on_upstream_ready()
+        self.continuity.session_started()
 
-    def upstream_failed(self, exc: BaseException, code: UpstreamFailure | str) -> None:
-        """The upstream could not be opened or broke: end this call cleanly."""
-        count(self.stats.upstream_errors, code)
+    # -- the upstream session's lifecycle, driven by continuity.Continuity
+    def configure(self, link: Sender) -> None:
+        """Send the call's session (the same for every session of the call)."""
+        assert self._plan is not None
+        link.send(oa.session_update(self._plan.session, f"{self.call_sid}:session"))
+
+    def bring_up_upstream(self, link: UpstreamLink, replay: bool = False, line: str = "") -> None:
+        """``link`` becomes the call's session: configured, the conversation replayed, held audio sent."""
+        self.configure(link)
+        if replay:
+            for event in self.behaviour.replay():
+                link.send(event)
+        self._up = link
+        self.caller.upstream_ready(link)
+        self.direct_on()
+        if replay:
+            if line:
+                link.send(oa.response_out_of_band(line, "reconnect"))
+            if self.behaviour.awaits_answer():
+                link.send(oa.response_create())
+
+    def switch_upstream(self, link: UpstreamLink) -> None:
+        """Rollover: ``link`` (configured already) takes over between two caller frames."""
+        old = self._up
+        for event in self.behaviour.replay():
+            link.send(event)
+        link.retarget(self)
+        self._up = link
+        self.caller.upstream_ready(link)
+        self.direct_on()
+        if old is not None:
+            old.detach()
+            old.close(1000, "session rollover")
+
+    def take_down_upstream(self) -> None:
+        """The session is gone: hold caller audio, forget its responses (Twilio plays what it has)."""
+        old, self._up = self._up, None
+        self.direct_off()
+        self.caller.hold()
+        self.continuity.session_lost()
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if old is not None:
+            old.detach()
+            old.close(1000, "replaced")
+        for item_id in self.responses.reset():
+            self.playout.produced.pop(item_id, None)
+        self.playout.drop_tail()
+
+    def open_upstream_again(self, sink: Any) -> None:
+        assert self._plan is not None
+        self._connecting = self._open_upstream(sink, self._plan.model)
+
+    def direct_on(self) -> None:
+        if self.settings.coalesce_frames == 1 and self._up is not None:
+            self._direct_up = self._up
+
+    def direct_off(self) -> None:
+        self._direct_up = None
+
+    def resume_upstream(self) -> None:
+        """The upstream reads again: what was held goes first, then the per-frame path."""
+        if self._up is not None:
+            self.caller.upstream_ready(self._up)
+            self.direct_on()
+
+    @property
+    def quiet(self) -> bool:
+        """A moment to switch sessions: no response, the caller silent, nothing playing at Twilio."""
+        return self.responses.active is None and not self._caller_speaking and not self.playout.busy
+
+    def upstream_failed(self, exc: BaseException, code: UpstreamFailure | str, counted: bool = False) -> None:
+        """The upstream could not be opened or broke: a new session if the call is up, else the end."""
+        if not counted:
+            count(self.stats.upstream_errors, code)
+        if (self.state is State.STREAMING and code is not UpstreamFailure.SESSION_REJECTED
+                and self.continuity.recover(code, str(exc))):
+            return
         log.error("upstream failed (%s): %s", code, exc, extra=self.log_extra())
         self.end(EndReason.UPSTREAM_FAILED, code)
 
-    def upstream_closed(self, code: int, reason: str) -> None:
+    def upstream_closed(self, code: int, reason: str, failure: UpstreamFailure = UpstreamFailure.CLOSED) -> None:
         if self.state is State.ENDED:
             return
         message = f"upstream closed the session ({code} {reason})"
-        self.upstream_failed(UpstreamError(message, UpstreamFailure.CLOSED), UpstreamFailure.CLOSED)
+        self.upstream_failed(UpstreamError(message, failure), failure)
+
+    def upstream_paused(self) -> None:
+        if self.state is State.STREAMING:
+            self.continuity.paused()
+
+    def upstream_resumed(self) -> None:
+        if self.state is State.STREAMING:
+            self.continuity.resumed()
+
+    def on_upstream_oversized(self, limit: int) -> None:
+        self._upstream_violation(UpstreamViolation.OVERSIZED, f"a message over {limit} bytes")
 
     def on_upstream(self, message: bytes | memoryview) -> None:
-        """One text message from the upstream session."""
-        if self.state is not State.STREAMING:
+        """One text message from the upstream session (``session.created`` may precede
+        ``upstream_connected``: the socket delivers as soon as the handshake is done)."""
+        if self.ended:
             return
         try:
             if self._pcm16:
@@ -307,8 +436,9 @@ class Call:
         if kind is UpstreamViolation.INVALID_FIELDS:
             log.warning("upstream protocol error (%s): %s; event ignored", kind, detail[:200], extra=self.log_extra())
             return
-        log.error("upstream protocol error (%s): %s; closing this call", kind, detail[:200], extra=self.log_extra())
-        self.end(EndReason.UPSTREAM_FAILED, UpstreamFailure.PROTOCOL)
+        log.error("upstream protocol error (%s): %s", kind, detail[:200], extra=self.log_extra())
+        failure = UpstreamFailure.OVERSIZED if kind is UpstreamViolation.OVERSIZED else UpstreamFailure.PROTOCOL
+        self.upstream_failed(UpstreamProtocolError(detail, kind), failure)
 
     def _on_delta(self, item_id: str, content_index: int, audio: bytes, produced_ms: float) -> None:
         if self.responses.interrupted(item_id):
@@ -318,7 +448,23 @@ class Call:
         self.playout.deliver(item_id, content_index, audio, produced_ms)
 
     def _on_speech_started(self, event: se.SpeechStarted) -> None:
-        self.interrupt(Trigger.SPEECH_STARTED)
+        self._caller_speaking = True
+        if self.turns is not None:
+            self.turns.speech_started(event)
+        else:
+            self.interrupt(Trigger.SPEECH_STARTED)
+
+    def _on_speech_stopped(self, event: se.SpeechStopped) -> None:
+        self._caller_speaking = False
+        if self.turns is not None:
+            self.turns.speech_stopped(event)
+
+    def _on_committed(self, event: se.InputCommitted) -> None:
+        if self.turns is not None:
+            self.turns.committed(event)
+
+    def _on_session_created(self, event: se.SessionCreated) -> None:
+        self.continuity.expires_at(event.session.expires_at)
 
     def _on_response_created(self, event: se.ResponseCreated) -> None:
         metadata = event.response.metadata
@@ -339,6 +485,8 @@ class Call:
         for item_id in self.responses.done(event.response.id):
             self.playout.produced.pop(item_id, None)
         self.playout.abandon_tail()
+        if self.turns is not None:
+            self.turns.response_done()
         if self._after_playout:
             self._check_played()
 
@@ -358,7 +506,7 @@ class Call:
             log.warning("upstream error %s: %s", code, message, extra=self.log_extra())
 
     def _fail(self, message: str, code: UpstreamFailure | str) -> None:
-        self.upstream_failed(UpstreamError(message, code), code)
+        self.upstream_failed(UpstreamError(message, code), code, counted=code != UpstreamFailure.SESSION_REJECTED)
 
     def _on_session_updated(self, event: se.SessionUpdated) -> None:
         log.debug("session updated", extra=self.log_extra())
@@ -367,6 +515,8 @@ class Call:
         se.SpeechStarted: _on_speech_started, se.ResponseCreated: _on_response_created,
         se.OutputItemAdded: _on_output_item_added, se.OutputAudioDone: _on_output_audio_done,
         se.ResponseDone: _on_response_done, se.Error: _on_error, se.SessionUpdated: _on_session_updated,
+        se.SpeechStopped: _on_speech_stopped, se.SessionCreated: _on_session_created,
+        se.InputCommitted: _on_committed,
     }
 
     # ------------------------------------------------------------------ housekeeping
@@ -393,7 +543,6 @@ class Call:
         if self.state is not State.STREAMING:
             return False
         up = self._up
-        assert up is not None
         started = time.perf_counter()  # loop.time() is cached per loop iteration under uvloop
         plan = self.playout.clear(self._clock())
         acted = plan is not None
@@ -401,11 +550,12 @@ class Call:
             plan = []
         else:
             self.stats.clear_latency_s.append(time.perf_counter() - started)
-        interrupted = self.responses.interrupt_active()
-        if interrupted is not None:
+        interrupted = self.responses.interrupt_active() if up is not None else None
+        if interrupted is not None and up is not None:
             response_id, items = interrupted
             # The server's VAD cancels a response of the default conversation, never an out-of-band one.
-            server_cancels = (trigger is Trigger.SPEECH_STARTED and self.settings.vad_interrupt_response
+            server_cancels = (trigger is Trigger.SPEECH_STARTED and self._plan is not None
+                              and self._plan.server_interrupts
                               and response_id not in self.responses.out_of_band)
             if not server_cancels:
                 up.send(oa.response_cancel(response_id))
@@ -419,7 +569,7 @@ class Call:
                 if produced_ms is not None and item_id not in planned:
                     plan.append((item_id, 0, max(0, int(produced_ms - self.playout.lead_ms))))
             acted = True
-        truncations = self._truncate(up, plan)
+        truncations = self._truncate(up, plan) if up is not None else []
         self.playout.drop_tail()
         if acted:
             count(self.stats.interrupts, trigger)
@@ -476,7 +626,7 @@ class Call:
 
     @property
     def audio_playing(self) -> bool:
-        return bool(self.playout.ledger.busy)
+        return self.playout.busy
 
     def play_local(self, tag: str, ulaw: bytes) -> None:
         if self.state is State.STREAMING and ulaw:
@@ -501,7 +651,7 @@ class Call:
         self._expected_end = reason
 
     def _check_played(self) -> None:
-        if self.responses.active is None and not self.playout.ledger.busy:
+        if self.responses.active is None and not self.playout.busy:
             self._played_or_timeout()
 
     def _played_or_timeout(self) -> None:
@@ -522,6 +672,9 @@ class Call:
             self._connecting.cancel()
             self._connecting = None
         self.playout.stop()
+        self.continuity.stop()
+        if self.turns is not None:
+            self.turns.stop()
         for timer in list(self._timers):
             timer.cancel()
         self._timers.clear()

@@ -1,9 +1,10 @@
-"""Caller audio outside the one-C-call path: held while the upstream opens, or coalesced.
+"""Caller audio outside the one-C-call path: held while there is no upstream to take it, or coalesced.
 
 The common case (one Twilio frame → one ``input_audio_buffer.append``) never comes here; see
-``Call.on_twilio``. Audio that arrives before the upstream session is ready is kept, up to
-``GATEWAY_MAX_PENDING_AUDIO_MS`` (the oldest is dropped and counted beyond that), and sent as soon
-as it is; with ``GATEWAY_COALESCE_FRAMES`` > 1, frames are batched per append.
+``Call.on_twilio``. Audio that arrives while the upstream session is opening, reconnecting or not
+reading is kept, up to ``GATEWAY_MAX_PENDING_AUDIO_MS`` (the oldest is dropped and counted beyond
+that), and sent as soon as a session takes it; with ``GATEWAY_COALESCE_FRAMES`` > 1, frames are
+batched per append.
 """
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ class CallerAudio:
         if len(self._inbuf) >= self._coalesce_bytes:
             self._send(self._inbuf)
             self._inbuf.clear()
+
+    def hold(self) -> None:
+        """No upstream to send to (reconnecting, or it stopped reading): keep audio until there is.
+
+        What was being coalesced is kept first; beyond the bound the oldest is dropped and counted.
+        """
+        self._up = None
+        self._pending += self._inbuf
+        self._inbuf.clear()
 
     def upstream_ready(self, up: Sender) -> None:
         """From now on audio goes to ``up``; what was held goes first."""

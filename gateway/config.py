@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 AUDIO_MODES = ("passthrough", "pcm16")
+PLAYOUT_MODES = ("paced", "burst")
 UNHEARD_ACTIONS = ("truncate", "delete", "skip")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TRY_THE_DEMO = "to try the gateway without any keys: `gateway demo`"
@@ -249,6 +250,20 @@ VARIABLES: tuple[Var, ...] = (
         "server_vad `interrupt_response` (server cancels its response on speech start)."),
     Var("GATEWAY_COALESCE_FRAMES", "coalesce_frames", 1, parse_int,
         "Inbound 20 ms frames per `input_audio_buffer.append` (1 = lowest latency).", minimum=1, maximum=50),
+    Var("GATEWAY_PLAYOUT", "playout", "paced", str,
+        "`paced`: model audio waits in the gateway and goes to Twilio in chunks, Twilio holding at most "
+        "GATEWAY_PLAYOUT_LEAD_MS ahead of its playhead. `burst`: every delta goes to Twilio at once.",
+        choices=PLAYOUT_MODES),
+    Var("GATEWAY_PLAYOUT_LEAD_MS", "playout_lead_ms", 300, parse_int,
+        "Paced playout: most audio Twilio holds ahead of its playhead (covers the latency to Twilio and the "
+        "pacer's period with room to spare).", minimum=100, maximum=5000),
+    Var("GATEWAY_PLAYOUT_CHUNK_MS", "playout_chunk_ms", 100, parse_int,
+        "Paced playout: audio per media message (one mark each) once the lead is built.", minimum=20, maximum=1000),
+    Var("GATEWAY_MIN_INTERRUPTION_MS", "min_interruption_ms", 0, parse_int,
+        "False-interruption resume (paced playout): caller speech during the assistant's audio pauses it; shorter "
+        "than this, playback resumes where the caller stopped hearing and the noise is deleted from the "
+        "conversation, else the interruption completes. 0: interrupt at once. Agents may set their own.",
+        minimum=0, maximum=5000),
     Var("GATEWAY_TWILIO_LATENCY_MS", "twilio_latency_ms", 50.0, parse_float,
         "Initial one-way latency guess to Twilio until the first mark probe measures it.", minimum=0, maximum=2000),
     Var("GATEWAY_UNHEARD_ITEM_ACTION", "unheard_item_action", "truncate", str,
@@ -304,6 +319,29 @@ VARIABLES: tuple[Var, ...] = (
     Var("GATEWAY_POD_NAME", "pod_name", "", str,
         "This instance's name in the call registry. Empty: the host name (the pod's name on Kubernetes).",
         check=_pod_name_problem, allowed="empty or up to 128 letters, digits, '.', '-', '_'"),
+    Var("GATEWAY_UPSTREAM_PING_IDLE_S", "upstream_ping_idle_s", 10.0, parse_float,
+        "Upstream keepalive: a WebSocket ping after this long without data (0 = no pings).", minimum=0, maximum=300),
+    Var("GATEWAY_UPSTREAM_PING_TIMEOUT_S", "upstream_ping_timeout_s", 5.0, parse_float,
+        "Upstream keepalive: no pong within this (at most the idle time) ends the session, and a reconnect "
+        "follows: a half-open upstream is found within IDLE + TIMEOUT.", minimum=0.5, maximum=300),
+    Var("GATEWAY_UPSTREAM_RECONNECT_ATTEMPTS", "upstream_reconnect_attempts", 3, parse_int,
+        "Mid-call upstream failures (close, reset, keepalive, fatal error): new sessions tried before the call "
+        "ends (0 = end at once).", minimum=0, maximum=20),
+    Var("GATEWAY_UPSTREAM_RECONNECT_BUDGET_S", "upstream_reconnect_budget_s", 10.0, parse_float,
+        "The time those attempts may take in all, from the failure.", minimum=0.5, maximum=120),
+    Var("GATEWAY_RECONNECT_LINE", "reconnect_line", "", str,
+        "What the assistant says after a reconnect (instructions of a short out-of-band response). Empty: "
+        "nothing (the caller hears a short pause)."),
+    Var("GATEWAY_MAX_SESSION_S", "max_session_s", 3300.0, parse_float,
+        "Roll a call over to a fresh upstream session after this long (or 5 min before the server's "
+        "`expires_at`, if earlier), at a quiet moment, with the conversation replayed.", minimum=30, maximum=86400),
+    Var("GATEWAY_UPSTREAM_STALL_S", "upstream_stall_s", 10.0, parse_float,
+        "An upstream that stops reading for this long is replaced (reconnect); meanwhile caller audio is held "
+        "(GATEWAY_MAX_PENDING_AUDIO_MS, oldest dropped).", minimum=1, maximum=300),
+    Var("GATEWAY_TWILIO_STALL_MS", "twilio_stall_ms", 5000, parse_int,
+        "A Twilio socket that stops reading for this long while audio is sent to it is closed (outcome "
+        "twilio_stalled); meanwhile at most 6x this much audio is buffered for it.",
+        minimum=500, maximum=60_000),
     Var("GATEWAY_LOG_LEVEL", "log_level", "INFO", parse_upper, "Log level (any case).", choices=LOG_LEVELS),
     Var("GATEWAY_WORKERS", "workers", 0, parse_int, "Worker processes of `gateway serve` (0 = one per CPU core).",
         minimum=0, maximum=256),
@@ -336,6 +374,10 @@ class Settings:
     vad_create_response: bool = True
     vad_interrupt_response: bool = True
     coalesce_frames: int = 1
+    playout: str = "paced"
+    playout_lead_ms: int = 300
+    playout_chunk_ms: int = 100
+    min_interruption_ms: int = 0
     twilio_latency_ms: float = 50.0
     unheard_item_action: str = "truncate"
     max_frame_bytes: int = 65536
@@ -356,6 +398,14 @@ class Settings:
     redis_url: str = dataclasses.field(default="", repr=False)
     cluster_max_calls: int = 0
     pod_name: str = ""
+    upstream_ping_idle_s: float = 10.0
+    upstream_ping_timeout_s: float = 5.0
+    upstream_reconnect_attempts: int = 3
+    upstream_reconnect_budget_s: float = 10.0
+    reconnect_line: str = ""
+    max_session_s: float = 3300.0
+    upstream_stall_s: float = 10.0
+    twilio_stall_ms: int = 5000
     log_level: str = "INFO"
     workers: int = 0
     max_calls: int = 2000
@@ -424,6 +474,17 @@ class Settings:
         on its own) are skipped."""
         out: list[str] = []
         involved = {"twilio_auth_token", "insecure_dev"}
+        if (self.upstream_ping_idle_s and self.upstream_ping_timeout_s > self.upstream_ping_idle_s
+                and not {"upstream_ping_idle_s", "upstream_ping_timeout_s"} & set(wrong)):
+            out.append("GATEWAY_UPSTREAM_PING_TIMEOUT_S must not exceed GATEWAY_UPSTREAM_PING_IDLE_S (picows waits for "
+                       "a pong at most one idle period)")
+        if (self.playout_chunk_ms * 2 > self.playout_lead_ms
+                and not {"playout_chunk_ms", "playout_lead_ms"} & set(wrong)):
+            out.append("GATEWAY_PLAYOUT_CHUNK_MS must be at most half of GATEWAY_PLAYOUT_LEAD_MS (a chunk is sent when "
+                       "the lead has room for it; what remains must outlast the latency to Twilio)")
+        if self.min_interruption_ms and self.playout != "paced" and not {"min_interruption_ms", "playout"} & set(wrong):
+            out.append("GATEWAY_MIN_INTERRUPTION_MS needs GATEWAY_PLAYOUT=paced: only audio the gateway holds can "
+                       "be paused and resumed")
         if self.cluster_max_calls and not self.redis_url and "redis_url" not in wrong:
             out.append("GATEWAY_CLUSTER_MAX_CALLS needs GATEWAY_REDIS_URL: only the cluster's registry can count "
                        "every pod's calls")

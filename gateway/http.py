@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import MultiDict
 
 from .control.api import routes as control_routes
@@ -142,8 +143,21 @@ async def readyz(request: web.Request) -> web.Response:
     return web.Response(status=503, text=f"not ready: {reason}\n")
 
 
+@web.middleware
+async def one_request_per_connection(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No keep-alive: the next request comes on a new connection, through the dispatcher's gate
+    (its timeouts and limits), never straight to aiohttp."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # an error answer is a response too (aiohttp 3)
+        exc.force_close()
+        raise
+    response.force_close()
+    return response
+
+
 def make_app(gateway: Gateway) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[one_request_per_connection])
     app[GATEWAY_KEY] = gateway
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_routes(control_routes(GATEWAY_KEY))

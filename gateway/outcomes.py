@@ -18,6 +18,7 @@ class Outcome(enum.StrEnum):
     REJECTED_TOKEN = "rejected_token"  # noqa: S105 - a label: `start` without a valid, unused call token
     TWILIO_PROTOCOL_ERROR = "twilio_protocol_error"
     TWILIO_SILENT = "twilio_silent"  # no media for SILENCE_TIMEOUT_S: a half-open socket
+    TWILIO_STALLED = "twilio_stalled"  # Twilio stopped reading while audio kept coming
     UPSTREAM_ERROR = "upstream_error"
     DRAIN_TIMEOUT = "drain_timeout"
     SHUTDOWN = "shutdown"
@@ -53,6 +54,7 @@ class EndReason(enum.StrEnum):
     TWILIO_PROTOCOL_ERROR = "twilio_protocol_error"
     CALL_TOKEN_REJECTED = "call_token_rejected"  # noqa: S105 - a label, not a secret
     TWILIO_SILENT = "twilio_silent"
+    TWILIO_STALLED = "twilio_stalled"
     UPSTREAM_FAILED = "upstream_failed"
     DRAIN_TIMEOUT = "drain_timeout"
     SHUTDOWN = "shutdown"
@@ -80,6 +82,7 @@ END_REASONS: dict[EndReason, tuple[Outcome, CloseCode]] = {
     EndReason.TWILIO_PROTOCOL_ERROR: (Outcome.TWILIO_PROTOCOL_ERROR, CloseCode.POLICY_VIOLATION),
     EndReason.CALL_TOKEN_REJECTED: (Outcome.REJECTED_TOKEN, CloseCode.POLICY_VIOLATION),
     EndReason.TWILIO_SILENT: (Outcome.TWILIO_SILENT, CloseCode.GOING_AWAY),
+    EndReason.TWILIO_STALLED: (Outcome.TWILIO_STALLED, CloseCode.GOING_AWAY),
     EndReason.UPSTREAM_FAILED: (Outcome.UPSTREAM_ERROR, CloseCode.INTERNAL_ERROR),
     EndReason.DRAIN_TIMEOUT: (Outcome.DRAIN_TIMEOUT, CloseCode.GOING_AWAY),
     EndReason.SHUTDOWN: (Outcome.SHUTDOWN, CloseCode.GOING_AWAY),
@@ -108,6 +111,16 @@ class RejectReason(enum.StrEnum):
     CAPACITY = "capacity"  # the pod is at GATEWAY_MAX_CALLS
     CLUSTER_CAPACITY = "cluster_capacity"  # the cluster is at GATEWAY_CLUSTER_MAX_CALLS
     BAD_SIGNATURE = "bad_signature"
+
+
+class ConnectionRefusal(enum.StrEnum):
+    """Why a connection was closed before its request reached a handler
+    (``gateway_rejected_connections_total{reason}``)."""
+
+    SLOW_REQUEST = "slow_request"  # head (and body) not in within the request timeout
+    OVERSIZED_HEAD = "oversized_head"
+    BAD_BODY = "bad_body"  # chunked, unreadable Content-Length, or beyond the body limit
+    TOO_MANY = "too_many"  # the worker's limit of connections still sending their request
 
 
 class TwilioViolation(enum.StrEnum):
@@ -152,6 +165,9 @@ class UpstreamFailure(enum.StrEnum):
     CLOSED = "closed"  # the server closed or the connection was lost mid-call
     SESSION_REJECTED = "session_rejected"  # our session.update was refused
     PROTOCOL = "protocol"  # an invalid server message (``protocol_errors{side="upstream"}``)
+    KEEPALIVE = "keepalive"  # no pong within GATEWAY_UPSTREAM_PING_TIMEOUT_S: a half-open upstream
+    STALLED = "stalled"  # the upstream stopped reading for GATEWAY_UPSTREAM_STALL_S
+    OVERSIZED = "oversized"  # a server message beyond the reassembly bound
 
 
 class UpstreamViolation(enum.StrEnum):
@@ -160,6 +176,7 @@ class UpstreamViolation(enum.StrEnum):
     INVALID_MESSAGE = "invalid_message"  # not a JSON object with a string `type`: fatal
     INVALID_AUDIO = "invalid_audio"  # an output-audio delta the fast path rejected: fatal
     INVALID_FIELDS = "invalid_fields"  # a known event with ill-typed fields: counted, skipped
+    OVERSIZED = "oversized"  # a message beyond the reassembly bound
     BINARY_FRAME = "binary_frame"
 
 
@@ -175,3 +192,12 @@ class ToolStatus(enum.StrEnum):
     REFUSED = "refused"  # a built-in refused (a transfer target not allowed)
     UNAVAILABLE = "unavailable"  # a built-in that is not configured (no Twilio REST credentials)
     UNKNOWN_TOOL = "unknown_tool"  # the model called a tool the agent does not have
+
+
+class Reconnect(enum.StrEnum):
+    """How an upstream reconnect went: the ``result`` label of ``gateway_upstream_reconnects_total``."""
+
+    OK = "ok"  # a new session took over, the conversation replayed
+    FAILED = "failed"  # an attempt failed (another may follow)
+    EXHAUSTED = "exhausted"  # the budget was spent: the call ended
+    ROLLOVER = "rollover"  # a planned switch to a fresh session before the server's cap

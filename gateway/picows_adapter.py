@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any, TypedDict
 
@@ -134,15 +135,51 @@ class WSSender:
         transport.disconnect()
 
 
+# Kernel send buffers of the gateway's sockets (both legs), instead of Linux's autotuning up to
+# tcp_wmem's 4 MiB: that much per socket is memory a stalled peer could pin per call (thousands of
+# calls). 64 KiB holds over a second of either leg's traffic and sustains far more than a call's
+# bandwidth at any realistic round trip; a peer that stops reading is noticed in seconds.
+SOCKET_SNDBUF = 64 * 1024
+
+
+def bound_send_buffer(transport: asyncio.BaseTransport) -> None:
+    """Cap a connected socket's kernel send buffer at SOCKET_SNDBUF (ends autotuning)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF)
+
+
 class ServerWSSender(WSSender):
-    """The server side of a socket (Twilio's leg): several messages go out in one write.
+    """The server side of a socket (Twilio's leg): several messages go out in one write, and a
+    peer that stops reading is noticed.
 
     A socket write is the dominant cost per message (a system call, and on loopback the receiver's
     TCP processing too), and every assistant chunk is two messages (media + its mark). Server
     frames are never masked (RFC 6455 §5.1), so the framing is a 2-10 byte header.
+
+    Backpressure: while the transport is paused (its buffer above the high-water mark: the peer
+    does not read), what is sent is counted; beyond ``stall_bytes`` ``on_stall`` runs once (the call
+    ends as ``twilio_stalled``) instead of letting the buffer grow without bound.
     """
 
-    __slots__ = ()
+    __slots__ = ("_on_stall", "_stall_bytes", "paused", "queued")
+
+    def __init__(self, transport: WSTransport, stall_bytes: int = 0, on_stall: Callable[[], object] | None = None
+                 ) -> None:
+        super().__init__(transport)
+        self._stall_bytes = stall_bytes
+        self._on_stall = on_stall
+        self.paused = False
+        self.queued = 0  # bytes sent while paused
+
+    def resume(self) -> None:
+        self.paused = False
+        self.queued = 0
+
+    def send(self, data: bytes) -> None:
+        if self.paused:
+            self._count(len(data))
+        self._transport.send(WSMsgType.TEXT, data)
 
     def send_many(self, *messages: bytes) -> None:
         transport = self._transport
@@ -152,7 +189,15 @@ class ServerWSSender(WSSender):
         for data in messages:
             parts.append(text_frame_header(len(data)))
             parts.append(data)
+        if self.paused:
+            self._count(sum(map(len, parts)))
         transport.underlying_transport.writelines(parts)
+
+    def _count(self, n: int) -> None:
+        self.queued += n
+        if self._stall_bytes and self.queued > self._stall_bytes and self._on_stall is not None:
+            on_stall, self._on_stall = self._on_stall, None
+            on_stall()
 
 
 def text_frame_header(length: int) -> bytes:

@@ -1,9 +1,11 @@
 """Model audio on its way to the caller: Twilio messages, the playout ledger, latency probes.
 
 ``Playout`` owns everything the gateway knows about what Twilio holds and has played: the
-``PlayoutLedger`` (fed by mark echoes), how much of each still-generating item was forwarded, the
+``PlayoutLedger`` (fed by mark echoes), how much of each still-generating item was received, the
 pcm16 output resampler and its tail, and the probe marks that measure the latency to Twilio.
 It sends on the Twilio leg only; the barge-in rules that use it live in ``call.Call``.
+``GATEWAY_PLAYOUT=burst`` sends every model delta at once; ``paced`` holds it in ``paced.Paced``,
+which decides when each chunk goes.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import _fastpath as fp
 
+from .paced import Paced, PacedOptions, Plan
 from .sender import Sender
 from .stats import CallStats
 
@@ -24,14 +27,13 @@ PROBE_BURST_MAX = 40
 PROBE_INTERVAL_S = 1.0
 PROBE_SAMPLES_WANTED = 16
 
-Plan = list[tuple[str, int, int]]  # (item_id, content_index, audio_end_ms) to truncate
-
 
 class Playout:
     """Forwards model audio to Twilio and knows where Twilio's playhead is."""
 
     def __init__(self, twilio: Sender, stats: CallStats, clock: Callable[[], float], latency_ms: float,
-                 transcode: bool, call_later: Callable[[float, Callable[[], None]], Any] | None) -> None:
+                 transcode: bool, call_later: Callable[[float, Callable[[], None]], Any] | None,
+                 paced: PacedOptions | None = None) -> None:
         self._twilio = twilio
         self._stats = stats
         self._clock = clock
@@ -46,15 +48,29 @@ class Playout:
         self._next_probe = 0.0
         self._burst: Any = None
         self._burst_left = PROBE_BURST_MAX
+        self.paced = (Paced(paced, self.ledger, self._send, stats, clock, self.lead_ms)
+                      if paced is not None else None)
+
+    @property
+    def busy(self) -> bool:
+        """Audio on its way to the caller: at Twilio (marks pending) or held here."""
+        return bool(self.ledger.busy or (self.paced is not None and self.paced.holding))
 
     # ------------------------------------------------------------------ audio
     def deliver(self, item_id: str, content_index: int, audio: bytes, produced_ms: float) -> None:
-        """One chunk of an item's audio: into the ledger, then media + mark in one write."""
+        """One delta of an item's audio: to Twilio now (burst), or held and paced."""
         if not audio:
             return
         produced = self.produced
-        produced[item_id] = produced.get(item_id, 0.0) + produced_ms
-        now = self._clock()
+        before = produced.get(item_id, 0.0)
+        produced[item_id] = before + produced_ms
+        if self.paced is not None:
+            self.paced.hold(item_id, content_index, audio, produced_ms, before)
+        else:
+            self._send(item_id, content_index, audio, produced_ms, self._clock())
+
+    def _send(self, item_id: str, content_index: int, audio: bytes, produced_ms: float, now: float) -> None:
+        """Audio into the ledger, then media + mark in one write."""
         ledger = self.ledger
         if not ledger.busy:
             probe = ledger.probe(now)
@@ -87,6 +103,8 @@ class Playout:
             tail = self.resampler.flush()
             if tail:
                 self.deliver(item_id, content_index, fp.ulaw_encode(tail), 0.0)
+        if self.paced is not None and self.paced.holding:
+            self.paced.finish(item_id)
         return self.produced.pop(item_id, 0.0)  # complete: the ledger knows all of it
 
     def drop_tail(self) -> None:
@@ -101,16 +119,41 @@ class Playout:
             self.drop_tail()
 
     def on_mark(self, name: str) -> None:
-        self.ledger.on_mark(name, self._clock())
+        now = self._clock()
+        self.ledger.on_mark(name, now)
+        if self.paced is not None and self.paced.holding:  # a chunk played: the lead has room again
+            self.paced.pump(now)
 
     # ------------------------------------------------------------------ barge-in
     def clear(self, now: float) -> Plan | None:
         """If Twilio may still hold audio: where its playhead will be when a `clear` sent now
-        arrives (the items to truncate there), then send the `clear`. None if nothing plays."""
+        arrives (the items to truncate there), then send the `clear`; held audio is dropped.
+        None if nothing was on its way to the caller."""
+        busy = self.busy
+        plan = self._clear_twilio(now)
+        if self.paced is not None:
+            self.paced.drop(plan)  # also ends a pause
+        return plan if busy else None
+
+    def pause(self, now: float) -> Plan:
+        """Paced playout: like ``clear``, but what was sent and not heard goes back to the head
+        of the held audio, which stays until ``resume`` (or a ``clear`` drops it)."""
+        assert self.paced is not None
+        plan = self._clear_twilio(now)
+        self.paced.pause(plan)
+        return plan
+
+    def resume(self) -> None:
+        assert self.paced is not None
+        self.paced.resume()
+
+    def _clear_twilio(self, now: float) -> Plan:
         ledger = self.ledger
         if not ledger.busy:
-            return None
+            return []
         plan: Plan = ledger.plan_interrupt(now)
+        if self.paced is not None:
+            plan = self.paced.absolute(plan)
         self._twilio.send(fp.encode_clear(self.stream_sid))
         ledger.clear(now)
         return plan
@@ -142,6 +185,8 @@ class Playout:
                 self._next_probe = now + PROBE_INTERVAL_S
 
     def stop(self) -> None:
+        if self.paced is not None:
+            self.paced.stop()
         if self._burst is not None:
             self._burst.cancel()
             self._burst = None

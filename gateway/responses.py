@@ -80,6 +80,16 @@ class Responses:
         self.interrupted_items.update(i for i, r in self.item_response.items() if r == response_id)
         return True
 
+    def reset(self) -> list[str]:
+        """The session is gone (reconnect): forget its responses; returns their items."""
+        items = list(self.item_response)
+        self.active = self.cancel_requested = None
+        self.item_response.clear()
+        self.interrupted_responses.clear()
+        self.interrupted_items.clear()
+        self.out_of_band.clear()
+        return items
+
     def interrupt_active(self) -> tuple[str, list[str]] | None:
         """Mark the active response interrupted (unless already being cancelled).
 

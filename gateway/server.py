@@ -21,7 +21,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 
 from .agents.profiles import Agents, load
 from .agents.services import AgentServices
-from .call import Call, State
+from .call import Call, State, pacer_period_s
 from .config import Settings
 from .control import commands
 from .control.model import CallInfo, Verb
@@ -30,8 +30,9 @@ from .control.setup import ADMISSION_REFUSALS, make_plane
 from .http import MEDIA_PATH, forwarded_base, make_app, media_url
 from .metrics import GatewayMetrics
 from .openai.upstream import UpstreamConnector
-from .outcomes import EndReason, RejectReason
-from .picows_adapter import check_server_protocol, server_protocol_factory
+from .outcomes import ConnectionRefusal, EndReason, RejectReason
+from .pacer import Pacer
+from .picows_adapter import bound_send_buffer, check_server_protocol, server_protocol_factory
 from .sender import Sender
 from .twilio.media import TwilioMediaListener
 from .twilio.signature import validate_signature
@@ -41,7 +42,13 @@ log = logging.getLogger("gateway.server")
 MEDIA_PATHS = (MEDIA_PATH.encode(), MEDIA_PATH.encode() + b"/")
 SUBPROTOCOL = "audio.twilio.com"
 MAX_REQUEST_LINE = 8192
-FIRST_LINE_TIMEOUT_S = 10.0
+MAX_HEAD = 16 * 1024  # request line + headers
+MAX_HTTP_BODY = 64 * 1024  # the webhook's form, a control command (aiohttp's client_max_size too)
+REQUEST_TIMEOUT_S = 10.0  # a connection's whole first request (head, and body for HTTP) must arrive
+# Connections of a worker still sending their first request; beyond it new ones are refused at
+# once (counted, logged). Connections handed over are bounded by admission (calls) or answered at
+# once (HTTP, whose request is already in full).
+MAX_PENDING_CONNECTIONS = 1024
 TICK_S = 0.25  # per-worker housekeeping: probes, timeouts (≈0.3 µs per call)
 BACKLOG = 2048  # a ramp of thousands of calls must not overflow the accept queue
 FLUSH_EVERY = 4  # metrics flush once a second: ≈2.3 µs per call-second, <0.5% of the CPU budget
@@ -54,7 +61,14 @@ TWILIO_READ_BUFFER = 2 * 1024
 
 
 class PortDispatcher(asyncio.Protocol):
-    """Hands each new connection to picows or aiohttp after reading its request line."""
+    """Hands each new connection to picows or aiohttp once its request has arrived.
+
+    Slow or endless clients never reach the servers behind: the media upgrade's head, or an HTTP
+    request's head and body (``Content-Length``; chunked bodies are refused), must arrive within
+    REQUEST_TIMEOUT_S and their sizes; otherwise the connection is closed and counted
+    (``gateway_rejected_connections_total{reason}``). aiohttp then answers that one request and
+    closes (no keep-alive): every HTTP request passes this gate.
+    """
 
     __slots__ = ("_buf", "_gateway", "_timer", "_transport")
 
@@ -67,30 +81,56 @@ class PortDispatcher(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not asyncio.Transport subclasses, only alike).
         self._transport = cast(asyncio.Transport, transport)
-        self._timer = asyncio.get_running_loop().call_later(FIRST_LINE_TIMEOUT_S, self._transport.close)
+        gateway = self._gateway
+        if gateway.pending_connections >= MAX_PENDING_CONNECTIONS:
+            gateway.refuse_connection(ConnectionRefusal.TOO_MANY)
+            transport, self._transport = self._transport, None  # never counted as pending
+            transport.abort()
+            return
+        gateway.pending_connections += 1
+        bound_send_buffer(transport)
+        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        self._gateway.refuse_connection(ConnectionRefusal.SLOW_REQUEST)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _refuse(self, reason: ConnectionRefusal) -> None:
+        self._gateway.refuse_connection(reason)
+        transport = self._transport
+        assert transport is not None
+        transport.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        transport.close()
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
-        self._buf += data
-        end = self._buf.find(b"\r\n")
-        if end < 0:
-            if len(self._buf) > MAX_REQUEST_LINE:
-                self._transport.close()
+        buf = self._buf
+        buf += data
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            line_end = buf.find(b"\r\n")
+            if (line_end < 0 and len(buf) > MAX_REQUEST_LINE) or len(buf) > MAX_HEAD:
+                self._refuse(ConnectionRefusal.OVERSIZED_HEAD)
             return
-        method, _, rest = bytes(self._buf[:end]).partition(b" ")
+        line_end = buf.find(b"\r\n")
+        method, _, rest = bytes(buf[:line_end]).partition(b" ")
         path = rest.partition(b" ")[0].partition(b"?")[0]
-        protocol: asyncio.BaseProtocol
         if method == b"GET" and path in MEDIA_PATHS:
-            protocol = self._gateway.websocket_protocol()
-        else:
-            protocol = self._gateway.http_protocol()
-        self._handover(protocol)
+            self._handover(self._gateway.websocket_protocol())
+            return
+        length = _content_length(bytes(buf[line_end:head_end]))
+        if length is None or length > MAX_HTTP_BODY:
+            self._refuse(ConnectionRefusal.BAD_BODY)
+            return
+        if len(buf) - (head_end + 4) >= length:  # the whole request is here
+            self._handover(self._gateway.http_protocol())
 
     def _handover(self, protocol: asyncio.BaseProtocol) -> None:
         transport = self._transport
         assert transport is not None
-        if self._timer is not None:
-            self._timer.cancel()
+        self._done()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         data = memoryview(bytes(self._buf))
@@ -106,8 +146,32 @@ class PortDispatcher(asyncio.Protocol):
             cast(asyncio.Protocol, protocol).data_received(bytes(data))
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        """No longer pending: handed over, or gone."""
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        if self._transport is not None:
+            self._transport = None
+            self._gateway.pending_connections -= 1
+
+
+def _content_length(headers: bytes) -> int | None:
+    """The request body's length (0 without one); None for chunked or unreadable framing."""
+    length = 0
+    for line in headers.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            value = value.strip()
+            if not value.isdigit():
+                return None
+            length = int(value)
+    return length
 
 
 class Gateway:
@@ -119,6 +183,8 @@ class Gateway:
         self.rejected: dict[RejectReason, int] = {}
         self.ended: dict[str, int] = {}  # by Outcome
         self.draining = False
+        self.pending_connections = 0  # connections still sending their first request (PortDispatcher)
+        self._refusal_logged_at = 0.0
         self._idle: asyncio.Event | None = None  # set when the last call ends during a drain
         # Tokens are minted and read also in development mode (they carry the agent), but only
         # enforced with a Twilio auth token (Call._on_start).
@@ -140,6 +206,7 @@ class Gateway:
         # Called with each Call as it ends (metrics, the demo's summary); must not raise.
         self.call_end_hooks: list[Callable[[Call], None]] = []
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._pacer: Pacer | None = None  # paced playout's one timer for every call of the worker
         self._tick_due = 0.0
         self._ticks = 0
 
@@ -218,6 +285,18 @@ class Gateway:
             log.warning("drain timeout: ended %d calls", remaining)
         return remaining
 
+    def refuse_connection(self, reason: ConnectionRefusal) -> None:
+        """A connection closed before it reached the webhook, the API or the media socket."""
+        self.metrics.count("gateway_rejected_connections_total", reason)
+        if reason is ConnectionRefusal.TOO_MANY:  # one line per second at most: this is a flood
+            now = time.monotonic()
+            if now - self._refusal_logged_at >= 1.0:
+                self._refusal_logged_at = now
+                log.warning("refusing new connections: %d still sending their first request (limit %d)",
+                            self.pending_connections, MAX_PENDING_CONNECTIONS)
+        else:
+            log.info("connection closed: %s", reason)
+
     def count_rejected(self, reason: RejectReason) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self.metrics.rejected(reason)
@@ -227,7 +306,7 @@ class Gateway:
         agents = self.agents
         call = Call(self.settings, sender, loop.time, self.upstream.open,
                     lambda c, claims: agents.behaviour(c, c.stats, claims), self.tokens, self._call_ended,
-                    loop.call_later, self._admit)
+                    loop.call_later, self._admit, self._pacer)
         self.calls.add(call)
         self.metrics.call_started(call)
         return call
@@ -265,7 +344,12 @@ class Gateway:
                 return WSUpgradeResponseWithListener(
                     WSUpgradeResponse.create_error_response(403, b"invalid signature\n"), None
                 )
-        listener = TwilioMediaListener(self._make_call, self.settings.max_frame_bytes)
+        # A Twilio socket that does not read for GATEWAY_TWILIO_STALL_MS ends its call; whatever
+        # the time, no more than 6x that much audio (≈ 11.2 bytes of media message per μ-law ms)
+        # is buffered for it meanwhile.
+        stall_ms = self.settings.twilio_stall_ms
+        listener = TwilioMediaListener(self._make_call, self.settings.max_frame_bytes, stall_ms / 1000,
+                                       int(stall_ms * 11.2 * 6))
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         if SUBPROTOCOL in (p.strip() for p in offered.split(",")):
             return WSUpgradeResponseWithListener(
@@ -296,6 +380,8 @@ class Gateway:
             server = await loop.create_server(lambda: PortDispatcher(self), sock=sock, backlog=BACKLOG)
         self._servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
+        if self.settings.playout == "paced":
+            self._pacer = Pacer(loop.time, loop.call_later, pacer_period_s(self.settings))
         self._tick_due = loop.time() + TICK_S
         self._tick_handle = loop.call_at(self._tick_due, self._tick)
         log.info("listening on port %s", self.port)
@@ -326,6 +412,8 @@ class Gateway:
             server.close()
         for call in list(self.calls):
             call.end(EndReason.SHUTDOWN)
+        if self._pacer is not None:
+            self._pacer.close()
         await self.upstream.aclose()
         await self.agents.aclose()
         for task in list(self._admissions):

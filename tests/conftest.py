@@ -89,7 +89,8 @@ def pytest_configure(config) -> None:
 
     for module in (gateway, _fastpath, bench):
         path = os.path.abspath(module.__file__ or "")
-        if path.startswith(ROOT + os.sep):
+        # The source tree's package directory, not any path under ROOT: CI's venv lives in the checkout.
+        if path.startswith(os.path.join(ROOT, module.__name__) + os.sep):
             raise pytest.UsageError(f"GATEWAY_EXPECT_INSTALLED=1 but {module.__name__} was imported from the "
                                     f"checkout ({path}); run with PYTHONSAFEPATH=1 from a venv with the wheel")
     if not _fastpath.COMPILED:

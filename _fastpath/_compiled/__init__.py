@@ -2,6 +2,7 @@
 same signatures, same results.  Their types are the stubs ``*.pyi`` next to the extensions."""
 from .framing import (
     decode_audio_delta,
+    decode_mark,
     decode_media,
     delta_to_pcmu,
     encode_append,
@@ -20,6 +21,7 @@ __all__ = [
     "PlayoutLedger",
     "Resampler",
     "decode_audio_delta",
+    "decode_mark",
     "decode_media",
     "delta_to_pcmu",
     "encode_append",

@@ -3,8 +3,9 @@
 Compiled twin of ``_fastpath._pure.framing`` (same names, signatures and results).
 
 Inbound messages take a fast path without building a JSON tree when they have the compact
-shape the peers send; the fast path is strict enough that everything it accepts is valid JSON,
-and anything else falls back to ``orjson.loads`` plus the same validation as the pure twin.
+shape the peers send (Twilio's media and mark messages, OpenAI's flat audio deltas); the fast
+path is strict enough that everything it accepts is valid JSON, and anything else falls back to
+``orjson.loads`` plus the same validation as the pure twin.
 Outbound messages are written straight into one ``bytes`` object. Intermediate audio lives in
 module-level scratch buffers: the GIL is held from filling them to the last read, and nothing
 in between can run Python code (no Python calls, no GC-tracked allocations that could start
@@ -26,8 +27,8 @@ import orjson
 from _fastpath.errors import ProtocolError
 
 __all__ = [
-    "decode_audio_delta", "decode_media", "delta_to_pcmu", "encode_append", "encode_clear",
-    "encode_mark", "encode_media", "media_to_append", "pcmu_to_append",
+    "decode_audio_delta", "decode_mark", "decode_media", "delta_to_pcmu", "encode_append",
+    "encode_clear", "encode_mark", "encode_media", "media_to_append", "pcmu_to_append",
 ]
 
 cdef extern from "Python.h":
@@ -121,10 +122,31 @@ cdef inline const uint8_t* _run(const uint8_t* p, const uint8_t* end, uint8_t cl
     return q if q > p else NULL
 
 
+cdef inline const uint8_t* _run0(const uint8_t* p, const uint8_t* end, uint8_t cls) noexcept nogil:
+    """p advanced past a possibly empty run of characters of class cls (NULL stays NULL)."""
+    if p == NULL:
+        return NULL
+    while p < end and _CLS[p[0]] & cls:
+        p += 1
+    return p
+
+
 cdef void _swap16(int16_t* p, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
         p[i] = <int16_t>((<uint16_t>p[i] >> 8) | (<uint16_t>p[i] << 8))
+
+
+cdef bint _plain(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """True if every byte is PLAIN, i.e. p[:n] is the exact contents of a JSON string without
+    escapes. No early exit, so the compiler vectorizes it (a media payload is ~216 bytes)."""
+    cdef Py_ssize_t i
+    cdef uint8_t c
+    cdef int bad = 0
+    for i in range(n):
+        c = p[i]
+        bad |= (c < 0x20) | (c > 0x7E) | (c == 0x22) | (c == 0x5C)
+    return not bad
 
 
 cdef inline bint _all(const uint8_t* p, Py_ssize_t n, uint8_t cls) noexcept nogil:
@@ -201,28 +223,81 @@ cdef bint _match_media(const uint8_t* p, Py_ssize_t n, Py_ssize_t* pay, Py_ssize
     return True
 
 
+cdef bytes _K_HEAD = b'{"event":"mark","sequenceNumber":"'
+cdef bytes _K_SID = b'","streamSid":"'
+cdef bytes _K_NAME = b'","mark":{"name":"'
+cdef bytes _K_TAIL = b'"}}'
+
+
+cdef bint _match_mark(const uint8_t* p, Py_ssize_t n, Py_ssize_t* sid, Py_ssize_t* sid_n,
+                      Py_ssize_t* name, Py_ssize_t* name_n) noexcept:
+    """Match the exact compact mark echo Twilio sends; offsets/lengths of sid and mark name.
+
+    Both are runs of PLAIN characters (possibly empty), so a match is valid JSON with unique
+    keys, event "mark", and strings whose values are exactly those bytes.
+    """
+    cdef const uint8_t* start = p
+    cdef const uint8_t* end = p + n
+    cdef const uint8_t* q
+    cdef const uint8_t* r
+    p = _run(_lit(p, end, _K_HEAD), end, DIGIT)
+    p = _lit(p, end, _K_SID)
+    q = _run0(p, end, PLAIN)
+    r = _lit(q, end, _K_NAME)
+    if r == NULL:
+        return False
+    q = _run0(r, end, PLAIN)
+    if _lit(q, end, _K_TAIL) != end:
+        return False
+    sid[0] = p - start
+    sid_n[0] = (r - len(_K_NAME)) - p
+    name[0] = r - start
+    name_n[0] = q - r
+    return True
+
+
 cdef bint _same_sid(const uint8_t* sid, Py_ssize_t sid_n, str stream_sid) noexcept:
     return (PyUnicode_IS_ASCII(stream_sid) and PyUnicode_GET_LENGTH(stream_sid) == sid_n
             and memcmp(PyUnicode_DATA(stream_sid), sid, sid_n) == 0)
 
 
-cdef object _media_payload(object message, str stream_sid):
-    """Full parse: the payload str of a media message, None for other events (as the pure twin)."""
+cdef dict _twilio_message(object message):
+    """Full parse of a Twilio message: a JSON object whose "event" is a str (else ProtocolError)."""
     msg = _loads(message)
     if type(msg) is not dict:
         raise ProtocolError("Twilio message is not a JSON object")
-    event = (<dict>msg).get("event")
-    if type(event) is not str:
+    if type((<dict>msg).get("event")) is not str:
         raise ProtocolError('Twilio message without a string "event"')
-    if event != "media":
+    return <dict>msg
+
+
+cdef object _media_payload(object message, str stream_sid):
+    """Full parse: the payload str of a media message, None for other events (as the pure twin)."""
+    cdef dict msg = _twilio_message(message)
+    if msg["event"] != "media":
         return None
-    if stream_sid is not None and (<dict>msg).get("streamSid") != stream_sid:
+    if stream_sid is not None and msg.get("streamSid") != stream_sid:
         raise ProtocolError("media message for another (or no) streamSid")
-    media = (<dict>msg).get("media")
+    media = msg.get("media")
     payload = (<dict>media).get("payload") if type(media) is dict else None
     if type(payload) is not str:
         raise ProtocolError('media message without a string "media.payload"')
     return payload
+
+
+cdef object _mark_name(object message, str stream_sid):
+    """Full parse: the name str of a mark message for stream_sid, None for other events (as the
+    pure twin)."""
+    cdef dict msg = _twilio_message(message)
+    if msg["event"] != "mark":
+        return None
+    if msg.get("streamSid") != stream_sid:
+        raise ProtocolError("mark message for another (or no) streamSid")
+    mark = msg.get("mark")
+    name = (<dict>mark).get("name") if type(mark) is dict else None
+    if type(name) is not str:
+        raise ProtocolError('mark message without a string "mark.name"')
+    return name
 
 
 # Each public reader below tries the fast shape and returns from inside the try block when it
@@ -246,6 +321,8 @@ def decode_media(message, str stream_sid=None):
                     if stream_sid is not None and not _same_sid(p + sid, sid_n, stream_sid):
                         raise ProtocolError("media message for another streamSid")
                     return PyBytes_FromStringAndSize(<char*>_scratch[0], m)
+            elif _match_mark(p, v.len, &sid, &sid_n, &pay, &pay_n):
+                return None  # a mark echo: valid JSON by construction, not media
         finally:
             PyBuffer_Release(&v)
     payload = _media_payload(message, stream_sid)
@@ -256,6 +333,30 @@ def decode_media(message, str stream_sid=None):
     if m < 0:
         raise _bad_base64()
     return PyBytes_FromStringAndSize(<char*>_scratch[0], m)
+
+
+def decode_mark(message, str stream_sid not None):
+    """decode_mark(message, stream_sid) -> str | None
+
+    ``mark.name`` of a Twilio ``mark`` message (the echo of a mark the gateway sent) carrying
+    the top-level ``streamSid`` ``stream_sid``; None for every other event. ProtocolError for
+    malformed input, a mark of another (or no) streamSid, or one without a string name.
+    """
+    cdef Py_buffer v
+    cdef Py_ssize_t a, a_n, b, b_n
+    cdef const uint8_t* p
+    if _get_text(message, &v):
+        try:
+            p = <const uint8_t*>v.buf
+            if _match_mark(p, v.len, &a, &a_n, &b, &b_n):
+                if not _same_sid(p + a, a_n, stream_sid):  # the sid is plain: its bytes are its value
+                    raise ProtocolError("mark message for another streamSid")
+                return PyUnicode_DecodeASCII(<const char*>p + b, b_n, NULL)
+            if _match_media(p, v.len, &a, &a_n, &b, &b_n) and _plain(p + a, a_n):
+                return None  # Twilio's media message with a plain payload: valid JSON, not a mark
+        finally:
+            PyBuffer_Release(&v)
+    return _mark_name(message, stream_sid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -627,6 +728,8 @@ def media_to_append(message, Resampler resampler=None, str stream_sid=None):
                     if stream_sid is not None and not _same_sid(p + sid, sid_n, stream_sid):
                         raise ProtocolError("media message for another streamSid")
                     return _decoded_to_append(p + pay, pay_n, m, resampler)
+            elif _match_mark(p, v.len, &sid, &sid_n, &pay, &pay_n):
+                return None  # a mark echo: valid JSON by construction, not media
         finally:
             PyBuffer_Release(&v)
     payload = _media_payload(message, stream_sid)

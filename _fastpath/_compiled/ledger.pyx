@@ -360,6 +360,18 @@ cdef class PlayoutLedger:
                          <int64_t>max(0.0, min(ms, cap))))
         return plan
 
+    def ahead_ms(self, double now):
+        """Audio sent to Twilio and not yet played at ``now`` (ms), by the playhead estimate."""
+        cdef double played
+        if not self._seg_active or not self._audio_pending:
+            return 0.0
+        played = (now * 1000.0 - self._origin) * self._bpm
+        if played < <double>self._confirmed:
+            played = <double>self._confirmed
+        if played >= <double>self._pos:
+            return 0.0
+        return (<double>self._pos - played) / <double>self._bpm
+
     def clear(self, double now):
         """The gateway just sent ``clear``: start a new epoch; pending marks become flushed."""
         self._epoch += 1

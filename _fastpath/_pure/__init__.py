@@ -1,6 +1,7 @@
 """Pure-Python twin of ``_fastpath._compiled``: same names, same signatures, same results."""
 from .framing import (
     decode_audio_delta,
+    decode_mark,
     decode_media,
     delta_to_pcmu,
     encode_append,
@@ -19,6 +20,7 @@ __all__ = [
     "PlayoutLedger",
     "Resampler",
     "decode_audio_delta",
+    "decode_mark",
     "decode_media",
     "delta_to_pcmu",
     "encode_append",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "decode_audio_delta",
+    "decode_mark",
     "decode_media",
     "delta_to_pcmu",
     "encode_append",
@@ -72,15 +73,20 @@ def _json_str(value: object) -> bytes:
     return orjson.dumps(value)
 
 
-def _media_payload(message: str | Buffer, stream_sid: str | None) -> str | None:
-    """The base64 payload string of a Twilio ``media`` message, None for other events."""
+def _twilio_message(message: str | Buffer) -> dict[str, object]:
+    """A Twilio message: a JSON object whose ``event`` is a string."""
     msg = _loads(message)
     if not isinstance(msg, dict):
         raise ProtocolError("Twilio message is not a JSON object")
-    event = msg.get("event")
-    if not isinstance(event, str):
+    if not isinstance(msg.get("event"), str):
         raise ProtocolError('Twilio message without a string "event"')
-    if event != "media":
+    return msg
+
+
+def _media_payload(message: str | Buffer, stream_sid: str | None) -> str | None:
+    """The base64 payload string of a Twilio ``media`` message, None for other events."""
+    msg = _twilio_message(message)
+    if msg["event"] != "media":
         return None
     if stream_sid is not None and msg.get("streamSid") != stream_sid:
         raise ProtocolError("media message for another (or no) streamSid")
@@ -99,6 +105,29 @@ def decode_media(message: str | Buffer, stream_sid: str | None = None) -> bytes 
     """
     payload = _media_payload(message, stream_sid)
     return None if payload is None else _b64decode(payload)
+
+
+def decode_mark(message: str | Buffer, stream_sid: str) -> str | None:
+    """``mark.name`` of a Twilio ``mark`` message (the echo of a mark the gateway sent); None for
+    every other event.
+
+    The message must carry ``stream_sid`` as its top-level ``streamSid`` and a string
+    ``mark.name``; anything else about a mark (or malformed JSON) is a ProtocolError. The JSON is
+    read as orjson reads it: of duplicate keys the last one counts (the compiled twin reads
+    Twilio's own compact shape without a parse, twilio.md#message-shapes, with the same results).
+    """
+    if not isinstance(stream_sid, str):
+        raise TypeError(f"stream_sid must be str, not {type(stream_sid).__name__}")
+    msg = _twilio_message(message)
+    if msg["event"] != "mark":
+        return None
+    if msg.get("streamSid") != stream_sid:
+        raise ProtocolError("mark message for another (or no) streamSid")
+    mark = msg.get("mark")
+    name = mark.get("name") if isinstance(mark, dict) else None
+    if not isinstance(name, str):
+        raise ProtocolError('mark message without a string "mark.name"')
+    return name
 
 
 def encode_media(stream_sid: str, audio: Buffer) -> bytes:

@@ -372,6 +372,15 @@ class PlayoutLedger:
                          max(0, min(ms, math.floor(item.produced)))))
         return plan
 
+    def ahead_ms(self, now: float) -> float:
+        """Audio sent to Twilio and not yet played at ``now`` (ms), by the playhead estimate."""
+        if not self._seg_active or not self._audio_pending:
+            return 0.0
+        played = max((now * 1000.0 - self._origin) * self._bpm, float(self._confirmed))
+        if played >= float(self._pos):
+            return 0.0
+        return (float(self._pos) - played) / float(self._bpm)
+
     def clear(self, now: float) -> None:
         """The gateway just sent ``clear``: start a new epoch; pending marks become flushed.
 

@@ -44,13 +44,14 @@ REST_STOP_WAIT_S = 5.0  # after a REST hang-up/transfer, Twilio's stop is expect
 
 
 class _ToolCall:
-    __slots__ = ("arguments", "call_id", "latency_s", "name", "started_at", "status")
+    __slots__ = ("arguments", "call_id", "latency_s", "name", "output", "started_at", "status")
 
     def __init__(self, name: str, call_id: str, arguments: str, started_at: float) -> None:
         self.name, self.call_id, self.arguments = name, call_id, arguments
         self.started_at = started_at
         self.status: str = "running"
         self.latency_s: float | None = None
+        self.output: str | None = None
 
     def as_record(self) -> dict[str, Any]:
         return {"name": self.name, "call_id": self.call_id, "arguments": self.arguments, "status": self.status,
@@ -83,6 +84,8 @@ class AgentCall(CallBehaviour):
         self._filler_response: str | None = None
         self._filler_spoken = False
         self._pending_say = ""
+        self._out_of_band: set[str] = set()
+        self._last_replayed: tuple[float, int, list[bytes]] | None = None
         self._tone_timer: Any = None
         self._ending: EndReason | None = None
         self._stop_fallback: Any = None
@@ -94,7 +97,11 @@ class AgentCall(CallBehaviour):
         settings = self._services.settings
         session = sess.session_config(self.agent, self._tools_config, settings)
         model = self.model if self.model != settings.model else ""
-        return SessionPlan(session, sess.audio_mode(self.agent, settings), model, self.agent.greeting)
+        td = sess.turn_detection(self.agent, settings)
+        resume_ms = sess.min_interruption_ms(self.agent, settings)
+        return SessionPlan(session, sess.audio_mode(self.agent, settings), model, self.agent.greeting,
+                           min_interruption_ms=resume_ms, respond_to_turns=td.create_response,
+                           server_interrupts=td.interrupt_response and not resume_ms)
 
     def on_upstream_ready(self) -> None:
         if self.agent.max_call_s is not None:
@@ -113,22 +120,24 @@ class AgentCall(CallBehaviour):
         metadata = event.response.metadata or {}
         if metadata.get("gateway") == "filler":
             self._filler_response = event.response.id
+        elif "gateway" in metadata:  # said by the control API, or after a reconnect: not the conversation
+            self._out_of_band.add(event.response.id)
 
+    # The transcript is kept for every call (events only, never per frame): the record shows it
+    # when the agent asks for transcripts, and a new session gets it replayed after a reconnect.
     def _on_item_added(self, event: se.OutputItemAdded) -> None:
-        if event.item.type == "message" and self.agent.transcripts:
-            self.transcript.assistant_item(event.item.id, self._at(), filler=event.response_id == self._filler_response)
+        if event.item.type == "message":
+            out_of_band = event.response_id == self._filler_response or event.response_id in self._out_of_band
+            self.transcript.assistant_item(event.item.id, self._at(), filler=out_of_band)
 
     def _on_committed(self, event: se.InputCommitted) -> None:
-        if self.agent.transcripts:
-            self.transcript.caller_item(event.item_id, self._at())
+        self.transcript.caller_item(event.item_id, self._at())
 
     def _on_input_transcript(self, event: se.InputTranscription) -> None:
-        if self.agent.transcripts:
-            self.transcript.caller_text(event.item_id, event.transcript, self._at())
+        self.transcript.caller_text(event.item_id, event.transcript, self._at())
 
     def _on_output_transcript(self, event: se.OutputTranscript) -> None:
-        if self.agent.transcripts:
-            self.transcript.assistant_text(event.item_id, event.transcript, self._at())
+        self.transcript.assistant_text(event.item_id, event.transcript, self._at())
 
     def _on_response_done(self, event: se.ResponseDone) -> None:
         response = event.response
@@ -165,6 +174,10 @@ class AgentCall(CallBehaviour):
             "truncated": [{"item_id": t.item_id, "heard_ms": t.audio_end_ms} for t in interruption.truncations],
         })
 
+    def on_false_interruption(self, item_id: str) -> None:
+        self.transcript.forget(item_id)
+        self.barge_ins.append({"trigger": "speech_started", "at_s": round(self._at(), 3), "resumed": True})
+
     # ------------------------------------------------------------------ keypad
     def on_dtmf(self, digit: str) -> None:
         self._stats.dtmf_digits += 1
@@ -181,8 +194,7 @@ class AgentCall(CallBehaviour):
         digits, self._digits = " ".join(self._digits), []
         text = f"The caller pressed {digits}"
         self._call.send_upstream(oa.user_text(text))
-        if self.agent.transcripts:
-            self.transcript.keypad(digits, self._at())
+        self.transcript.keypad(digits, self._at())
         self._want_response = True
         self._respond_if_due()
 
@@ -227,6 +239,7 @@ class AgentCall(CallBehaviour):
     def _answer(self, record: _ToolCall, result: ToolResult, respond: bool = True) -> None:
         record.status = str(result.status)
         record.latency_s = result.latency_s
+        record.output = result.output
         key = (record.name, record.status)
         self._stats.tool_calls[key] = self._stats.tool_calls.get(key, 0) + 1
         self._stats.tool_latency_s.append((record.name, result.latency_s))
@@ -396,6 +409,40 @@ class AgentCall(CallBehaviour):
             raise LookupError("transfers need Twilio REST credentials (TWILIO_ACCOUNT_SID)")
         self._ending = EndReason.TRANSFERRED
         self._spawn(self._redirect(target))
+
+    # ------------------------------------------------------------------ a new session (reconnect, rollover)
+    def replay(self) -> list[bytes]:
+        """The conversation as the caller lived it, as items for a new session: caller turns (their
+        transcripts), assistant turns cut to what was heard, keypad input, and function calls with
+        their outputs (a call still running gets its output when the tool answers)."""
+        timeline: list[tuple[float, int, list[bytes]]] = []
+        for i, turn in enumerate(self.transcript.turns):
+            if turn.filler:
+                continue
+            text = turn.heard_text()
+            if turn.role == "caller" and text:
+                timeline.append((turn.at_s, i, [oa.user_text(text)]))
+            elif turn.role == "keypad":
+                timeline.append((turn.at_s, i, [oa.user_text(f"The caller pressed {text}")]))
+            elif turn.role == "assistant" and text:
+                timeline.append((turn.at_s, i, [oa.assistant_text(text)]))
+        for j, call in enumerate(self.tool_calls):
+            if call.status == "skipped":
+                continue
+            events = [oa.function_call(call.call_id, call.name, call.arguments)]
+            if call.output is not None:
+                events.append(oa.function_call_output(call.call_id, call.output))
+            timeline.append((call.started_at, len(self.transcript.turns) + j, events))
+        timeline.sort(key=lambda entry: (entry[0], entry[1]))
+        self._last_replayed = timeline[-1] if timeline else None
+        return [event for _, _, events in timeline for event in events]
+
+    def awaits_answer(self) -> bool:
+        last = self._last_replayed
+        if last is None:
+            return False
+        first = last[2][0]
+        return b'"role":"user"' in first or (len(last[2]) > 1 and not self._outstanding)
 
     # ------------------------------------------------------------------ lifecycle
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

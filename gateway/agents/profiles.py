@@ -69,6 +69,7 @@ class Agent(_Strict, frozen=True):
     transcription_model: str = "gpt-4o-mini-transcribe"
     transcription_language: str | None = None
     max_call_s: float | None = None  # the agent hangs up after this long
+    min_interruption_ms: int | None = None  # false-interruption resume; default: GATEWAY_MIN_INTERRUPTION_MS
     filler: Filler = Filler()
 
 
@@ -218,7 +219,7 @@ def _problems(f: AgentsFile, settings: Settings) -> list[tuple[str, str]]:
     for name, tool in f.tools.items():
         out += _tool_problems(f"tools.{name}", tool)
     for name, agent in f.agents.items():
-        out += _agent_problems(f"agents.{name}", agent, f.tools)
+        out += _agent_problems(f"agents.{name}", agent, f.tools, settings)
     for called, target in f.routes.items():
         if target not in f.agents:
             out.append((f"routes.{called}", f"no agent named {target!r}"))
@@ -243,7 +244,7 @@ def _tool_problems(key: str, tool: Tool) -> list[tuple[str, str]]:
     return out
 
 
-def _agent_problems(key: str, agent: Agent, tools: dict[str, Tool]) -> list[tuple[str, str]]:
+def _agent_problems(key: str, agent: Agent, tools: dict[str, Tool], settings: Settings) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     builtins = ", ".join(sorted(BUILTIN_TOOLS))
     out.extend((f"{key}.tools", f"no tool named {tool!r} (define [tools.{tool}] or use a built-in: {builtins})")
@@ -268,6 +269,10 @@ def _agent_problems(key: str, agent: Agent, tools: dict[str, Tool]) -> list[tupl
                 out.append((f"{key}.turn_detection.{field}", "must be within 0..10000 ms"))
     if not 0 <= agent.filler.after_ms <= 60_000:
         out.append((f"{key}.filler.after_ms", "must be within 0..60000 ms"))
+    if agent.min_interruption_ms is not None and not 0 <= agent.min_interruption_ms <= 5000:
+        out.append((f"{key}.min_interruption_ms", "must be within 0..5000 ms"))
+    if agent.min_interruption_ms and settings.playout != "paced":
+        out.append((f"{key}.min_interruption_ms", "needs GATEWAY_PLAYOUT=paced (only held audio can be resumed)"))
     if agent.max_call_s is not None and agent.max_call_s <= 0:
         out.append((f"{key}.max_call_s", "must be > 0"))
     if not agent.instructions.strip():

@@ -40,16 +40,29 @@ def model(agent: Agent, settings: Settings) -> str:
     return agent.model or settings.model
 
 
+def min_interruption_ms(agent: Agent, settings: Settings) -> int:
+    """False-interruption resume threshold (0: off); only paced playout can pause and resume."""
+    value = settings.min_interruption_ms if agent.min_interruption_ms is None else agent.min_interruption_ms
+    return value if settings.playout == "paced" else 0
+
+
+def turn_detection(agent: Agent, settings: Settings) -> TurnDetection:
+    return agent.turn_detection or default_turn_detection(settings)
+
+
 def session_config(agent: Agent, tools: dict[str, Tool], settings: Settings) -> dict[str, Any]:
     """GA ``session`` object for one call of this agent."""
     fmt = PCMU if audio_mode(agent, settings) == "passthrough" else PCM24K
-    audio_input: dict[str, Any] = {
-        "format": fmt,
-        "turn_detection": _turn_detection(agent.turn_detection or default_turn_detection(settings)),
-    }
+    td = _turn_detection(turn_detection(agent, settings))
+    if min_interruption_ms(agent, settings):
+        # The gateway decides whether speech interrupts and when to answer (turns.Turns).
+        td["create_response"] = td["interrupt_response"] = False
+    audio_input: dict[str, Any] = {"format": fmt, "turn_detection": td}
     if agent.noise_reduction is not None:
         audio_input["noise_reduction"] = {"type": agent.noise_reduction}
-    if agent.transcripts:
+    # Caller turns are transcribed for the record, and for replaying the conversation into a new
+    # session after an upstream failure or at a rollover (the new session cannot hear old audio).
+    if agent.transcripts or settings.upstream_reconnect_attempts > 0:
         transcription: dict[str, Any] = {"model": agent.transcription_model}
         if agent.transcription_language:
             transcription["language"] = agent.transcription_language

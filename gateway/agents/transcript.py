@@ -54,6 +54,7 @@ class Transcript:
     def __init__(self) -> None:
         self.turns: list[Turn] = []
         self._items: dict[str, Turn] = {}
+        self._deleted: set[str] = set()  # its transcription may still come: ignored
 
     def _turn(self, role: Role, item_id: str, at_s: float) -> Turn:
         turn = self._items.get(item_id)
@@ -65,7 +66,16 @@ class Transcript:
     def caller_item(self, item_id: str, at_s: float) -> None:
         self._turn("caller", item_id, at_s)
 
+    def forget(self, item_id: str) -> None:
+        """The item was deleted from the conversation (noise that did not interrupt)."""
+        self._deleted.add(item_id)
+        turn = self._items.pop(item_id, None)
+        if turn is not None:
+            self.turns.remove(turn)
+
     def caller_text(self, item_id: str, text: str, at_s: float) -> None:
+        if item_id in self._deleted:
+            return
         self._turn("caller", item_id, at_s).text = text.strip()
 
     def assistant_item(self, item_id: str, at_s: float, filler: bool = False) -> None:

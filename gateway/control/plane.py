@@ -107,6 +107,7 @@ class PodPlane(ControlPlane):
         self._ids = itertools.count(1)
         self._counts: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False  # this worker is closing its side: losing the hub is expected
 
     async def start(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(self._path)
@@ -132,9 +133,12 @@ class PodPlane(ControlPlane):
                 if future is not None and not future.done():
                     future.set_result(message)
         except (WireError, OSError) as exc:
-            log.error("control: hub connection broken: %s", exc)
+            if not self._closing:
+                log.error("control: hub connection broken: %s", exc)
         finally:
-            log.error("control: lost the hub; admission falls back to this worker's own count")
+            if not self._closing:
+                # The supervisor closes the hub when the pod stops, before or while its workers drain.
+                log.warning("control: lost the hub; admission falls back to this worker's own count")
             self._writer = None
             for future in self._pending.values():
                 if not future.done():
@@ -226,6 +230,7 @@ class PodPlane(ControlPlane):
         raise ControlError(status, str(reply.get("reason")))
 
     async def aclose(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         if self._writer is not None:

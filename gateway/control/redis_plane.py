@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import itertools
 import logging
 import time
@@ -41,6 +42,7 @@ TTL_S = 30  # a registry entry outlives its owner by at most this
 RESERVATION_S = 30
 COMMAND_TIMEOUT_S = 5.0
 OP_TIMEOUT_S = 1.0  # one Redis round trip on the webhook/start path; slower counts as down
+SIGNED_MESSAGE_TTL_S = 30.0  # a command (or answer) older than this is refused
 
 # Atomically: forget expired entries, then admit ARGV[1] with expiry ARGV[3] if the cluster holds
 # fewer than ARGV[4] calls (0 = no cap). Returns 1 if admitted (or already there), else 0.
@@ -61,11 +63,13 @@ def call_key(call_sid: str) -> str:
 
 
 class ClusterPlane(ControlPlane):
-    def __init__(self, inner: ControlPlane, url: str, cluster_max_calls: int, count_error: Count) -> None:
+    def __init__(self, inner: ControlPlane, url: str, cluster_max_calls: int, count_error: Count,
+                 key: bytes) -> None:
         super().__init__(0, inner.pod, inner.worker)
         self._inner = inner
         self._cap = cluster_max_calls
         self._count_error = count_error
+        self._key = key  # commands and answers are signed: reaching Redis is not enough to command a call
         self._redis = aioredis.Redis.from_url(url, socket_timeout=OP_TIMEOUT_S, socket_connect_timeout=OP_TIMEOUT_S,
                                               health_check_interval=10, decode_responses=True)
         self._reserve = self._redis.register_script(_RESERVE)
@@ -189,6 +193,10 @@ class ClusterPlane(ControlPlane):
             await asyncio.sleep(TTL_S / 3)
             if self._infos:
                 await self._register(list(self._infos.values()))
+            try:  # entries of pods that died (and expired reservations) leave the listing set
+                await self._redis.zremrangebyscore("gw:calls", "-inf", time.time())
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failed("cleanup", exc)
 
     async def counts(self) -> dict[str, int]:
         return await self._inner.counts()
@@ -230,8 +238,8 @@ class ClusterPlane(ControlPlane):
         rid = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        message = msgspec.json.encode({"id": rid, "reply_to": self._reply_channel, "call_sid": call_sid,
-                                       "verb": str(verb), "args": args})
+        message = self._seal({"id": rid, "reply_to": self._reply_channel, "call_sid": call_sid,
+                              "verb": str(verb), "args": args, "at": time.time()})
         try:
             receivers = await self._redis.publish(f"gw:cmd:{owner}", message)
             if not receivers:
@@ -265,11 +273,29 @@ class ClusterPlane(ControlPlane):
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     await self._pubsub.aclose()
 
+    def _seal(self, body: dict[str, Any]) -> bytes:
+        payload = msgspec.json.encode(body)
+        return hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode() + b"." + payload
+
+    def _open(self, data: Any) -> dict[str, Any] | None:
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        mac, _, payload = raw.partition(b".")
+        expected = hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(mac, expected):
+            return None
+        body: dict[str, Any] = msgspec.json.decode(payload)
+        if abs(time.time() - float(body.get("at", 0))) > SIGNED_MESSAGE_TTL_S:
+            return None  # an old message replayed into the channel
+        return body
+
     def _on_message(self, message: dict[str, Any]) -> None:
         try:
-            body = msgspec.json.decode(message["data"])
-        except (msgspec.DecodeError, KeyError, TypeError):
-            log.warning("cluster: undecodable message on %s", message.get("channel"))
+            body = self._open(message["data"])
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+            body = None
+        if body is None:
+            self._count_error("unsigned")
+            log.warning("cluster: a message on %s without a valid signature was ignored", message.get("channel"))
             return
         if message["channel"] == self._reply_channel:
             future = self._pending.pop(int(body.get("id", 0)), None)
@@ -287,7 +313,7 @@ class ClusterPlane(ControlPlane):
         except (ValueError, KeyError) as exc:
             reply = {"id": m.get("id"), "ok": False, "status": 400, "reason": str(exc)}
         try:
-            await self._redis.publish(str(m["reply_to"]), msgspec.json.encode(reply))
+            await self._redis.publish(str(m["reply_to"]), self._seal({**reply, "at": time.time()}))
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("reply", exc)
 

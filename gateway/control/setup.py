@@ -1,6 +1,8 @@
 """Which control plane a worker runs, from the settings and its place in ``gateway serve``."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import socket
 
@@ -38,5 +40,6 @@ def make_plane(settings: Settings, metrics: GatewayMetrics) -> ControlPlane:
         from .redis_plane import ClusterPlane
 
         plane = ClusterPlane(plane, settings.redis_url, settings.cluster_max_calls,
-                             lambda op: metrics.count("gateway_registry_errors_total", op))
+                             lambda op: metrics.count("gateway_registry_errors_total", op),
+                             hmac.new(settings.token_key, b"gateway-control-plane-v1", hashlib.sha256).digest())
     return plane

@@ -66,6 +66,20 @@ def user_text(text: str) -> bytes:
     }})
 
 
+def assistant_text(text: str) -> bytes:
+    """What the assistant said earlier (a replay into a new session), as text."""
+    return orjson.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}],
+    }})
+
+
+def function_call(call_id: str, name: str, arguments: str) -> bytes:
+    """A function call the model made earlier (a replay into a new session)."""
+    return orjson.dumps({"type": "conversation.item.create", "item": {
+        "type": "function_call", "call_id": call_id, "name": name, "arguments": arguments,
+    }})
+
+
 def system_text(text: str) -> bytes:
     """A system message: something the gateway tells the model mid-call (a failed transfer, say)."""
     return orjson.dumps({"type": "conversation.item.create", "item": {

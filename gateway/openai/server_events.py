@@ -131,8 +131,22 @@ class SessionUpdated(msgspec.Struct, frozen=True):
     pass
 
 
+class SessionInfo(msgspec.Struct, frozen=True):
+    expires_at: int = 0  # unix seconds; the session stops working then (the 60-minute cap)
+
+
+class SessionCreated(msgspec.Struct, frozen=True):
+    session: SessionInfo = SessionInfo()
+
+
+class SpeechStopped(msgspec.Struct, frozen=True):
+    audio_end_ms: int = 0
+    item_id: str = ""
+
+
 ServerEvent = (SpeechStarted | ResponseCreated | OutputItemAdded | OutputAudioDone | ResponseDone | Error
-               | SessionUpdated | InputCommitted | InputTranscription | OutputTranscript)
+               | SessionUpdated | InputCommitted | InputTranscription | OutputTranscript | SessionCreated
+               | SpeechStopped)
 
 # type → the struct it decodes into. ``response.audio.done`` is the beta name of the GA event.
 EVENT_TYPES: dict[str, type[ServerEvent]] = {
@@ -144,6 +158,8 @@ EVENT_TYPES: dict[str, type[ServerEvent]] = {
     "response.done": ResponseDone,
     "error": Error,
     "session.updated": SessionUpdated,
+    "session.created": SessionCreated,
+    "input_audio_buffer.speech_stopped": SpeechStopped,
     "input_audio_buffer.committed": InputCommitted,
     "conversation.item.input_audio_transcription.completed": InputTranscription,
     "response.output_audio_transcript.done": OutputTranscript,
@@ -162,7 +178,7 @@ def parse(message: bytes | memoryview) -> ServerEvent | None:
     """The typed event of one server message, None for types the gateway does not act on."""
     try:
         kind = _envelope.decode(message).type
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UpstreamProtocolError(f"not a JSON object with a string 'type': {exc}",
                                     UpstreamViolation.INVALID_MESSAGE) from None
     decoder = _decoders.get(kind)
@@ -170,5 +186,5 @@ def parse(message: bytes | memoryview) -> ServerEvent | None:
         return None
     try:
         return decoder.decode(message)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UpstreamProtocolError(f"{kind}: {exc}", UpstreamViolation.INVALID_FIELDS) from None

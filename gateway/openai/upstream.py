@@ -9,18 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from picows import WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from ..config import Settings
 from ..outcomes import UpstreamFailure
-from ..picows_adapter import WSSender, tls_buffer_options
-from ..sender import Sender
+from ..picows_adapter import WSSender, bound_send_buffer, tls_buffer_options
+from ..reassembly import Fragment, Reassembler
 
 log = logging.getLogger("gateway.upstream")
-MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024  # input appends may be 15 MiB; server events are far smaller
+# The largest server message accepted (frame or reassembled message): audio deltas are a few KiB, a
+# session.created or a long response.done tens of KiB; anything near this is a broken peer.
+MAX_UPSTREAM_MESSAGE = 4 * 1024 * 1024
 # Memory per call (picows grows these on demand, never shrinks them). Server events are mostly
 # audio deltas of 1-7 KiB; 4 KiB instead of picows's 16 KiB default saves 12 KiB per call.
 READ_BUFFER = 4 * 1024
@@ -36,7 +39,7 @@ def model_url(url: str, model: str) -> str:
 
 
 class UpstreamSink(Protocol):
-    """What receives one upstream session's events (``call.Call``)."""
+    """What receives one upstream session's events (``call.Call``, or a session being prepared)."""
 
     ended: bool  # the call is over: drop whatever still arrives
 
@@ -44,17 +47,33 @@ class UpstreamSink(Protocol):
 
     def on_upstream_binary(self) -> None: ...
 
-    def upstream_connected(self, sender: Sender, connect_s: float) -> None: ...
+    def upstream_connected(self, link: UpstreamLink, connect_s: float) -> None: ...
 
     def upstream_failed(self, exc: BaseException, code: UpstreamFailure | str) -> None: ...
 
-    def upstream_closed(self, code: int, reason: str) -> None: ...
+    def upstream_closed(self, code: int, reason: str, failure: UpstreamFailure) -> None: ...
+
+    def upstream_paused(self) -> None:
+        """The upstream stopped reading (its socket buffer is above the high-water mark)."""
+
+    def upstream_resumed(self) -> None: ...
+
+    def on_upstream_oversized(self, limit: int) -> None: ...
+
+
+class _Detached:
+    """Where a connection's events go once the call has moved on from it: nowhere."""
+
+    ended = True
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
 
 
 class UpstreamListener(WSListener):
-    def __init__(self, sink: UpstreamSink) -> None:
+    def __init__(self, sink: UpstreamSink, max_message: int) -> None:
         self.sink = sink
-        self._fragments: bytearray | None = None
+        self._fragments = Reassembler(max_message)
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         # The connect may complete after the call ended (timeout/cancel race): close at once.
@@ -68,28 +87,68 @@ class UpstreamListener(WSListener):
             return
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT and frame.fin:
-            sink.on_upstream(frame.get_payload_as_memoryview())
+            if not transport.is_close_frame_sent:  # see TwilioMediaListener: picows's oversized frames
+                sink.on_upstream(frame.get_payload_as_memoryview())
         elif msg_type is WSMsgType.CLOSE:
             code = frame.get_close_code()
             reason = frame.get_close_reason()
             if not transport.is_close_frame_sent:
                 transport.send_close(code)
             transport.disconnect()
-            sink.upstream_closed(int(code.value), reason)
-        elif msg_type is WSMsgType.TEXT:
-            self._fragments = bytearray(frame.get_payload_as_memoryview())
-        elif msg_type is WSMsgType.CONTINUATION and self._fragments is not None:
-            self._fragments += frame.get_payload_as_memoryview()
-            if frame.fin:
-                message, self._fragments = bytes(self._fragments), None
-                sink.on_upstream(message)
+            self.sink = _DETACHED
+            sink.upstream_closed(int(code.value), reason, UpstreamFailure.CLOSED)
+        elif msg_type is WSMsgType.TEXT or msg_type is WSMsgType.CONTINUATION:
+            result = self._fragments.feed(frame)
+            if isinstance(result, bytes):
+                sink.on_upstream(result)
+            elif result is Fragment.TOO_BIG:
+                sink.on_upstream_oversized(self._fragments.max_bytes)
         elif msg_type is WSMsgType.BINARY:
             sink.on_upstream_binary()
 
+    def pause_writing(self) -> None:
+        self.sink.upstream_paused()
+
+    def resume_writing(self) -> None:
+        self.sink.upstream_resumed()
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
-        # No-op once the call has ended (we closed it); otherwise the peer vanished.
-        if not self.sink.ended:
-            self.sink.upstream_closed(1006, "connection lost")
+        # Nothing to say once the call has ended or moved on (we closed it); otherwise the peer
+        # vanished, or stopped answering our pings (picows closed with GOING_AWAY on its own).
+        sink, self.sink = self.sink, _DETACHED
+        if sink.ended:
+            return
+        handshake = transport.close_handshake
+        sent = handshake.sent if handshake is not None else None
+        if sent is not None and sent.code is WSCloseCode.GOING_AWAY and "ping" in (sent.reason or ""):
+            sink.upstream_closed(1006, "no pong within the keepalive timeout", UpstreamFailure.KEEPALIVE)
+        else:
+            sink.upstream_closed(1006, "connection lost", UpstreamFailure.CLOSED)
+
+
+def _ignore(*_args: object, **_kwargs: object) -> None:
+    pass
+
+
+_DETACHED: UpstreamSink = _Detached()  # a sink that drops everything
+
+
+class UpstreamLink(WSSender):
+    """The call's handle on one upstream connection: send, close, and say where events go."""
+
+    __slots__ = ("_listener",)
+
+    def __init__(self, transport: WSTransport, listener: UpstreamListener) -> None:
+        super().__init__(transport)
+        self._listener = listener
+
+    def retarget(self, sink: UpstreamSink) -> None:
+        """From now on this connection's events go to ``sink`` (a prepared session becomes the call's)."""
+        self._listener.sink = sink
+
+    def detach(self) -> None:
+        """This connection's events (its close included) go nowhere: the call moved on from it."""
+        self._listener.sink = _DETACHED
 
 
 class UpstreamConnector:
@@ -123,13 +182,17 @@ class UpstreamConnector:
         try:
             transport, _listener = await asyncio.wait_for(
                 ws_connect(
-                    lambda: UpstreamListener(sink),
+                    lambda: UpstreamListener(sink, MAX_UPSTREAM_MESSAGE),
                     url,
                     ssl_context=self._ssl,
                     extra_headers=self._headers,
                     websocket_handshake_timeout=timeout,
                     max_frame_size=MAX_UPSTREAM_MESSAGE,
-                    enable_auto_ping=False,
+                    # Keepalive: a ping after ping_idle_s without data, the connection closed when no
+                    # pong follows within ping_timeout_s (a half-open upstream is found in their sum).
+                    enable_auto_ping=self._settings.upstream_ping_idle_s > 0,
+                    auto_ping_idle_timeout=self._settings.upstream_ping_idle_s or 5.0,
+                    auto_ping_reply_timeout=self._settings.upstream_ping_timeout_s,
                     max_redirects=0,  # never replay the API key to another host
                     logger_name="upstream",
                     read_buffer_init_size=READ_BUFFER,
@@ -154,7 +217,9 @@ class UpstreamConnector:
         if sink.ended:
             transport.disconnect()
             return
-        sink.upstream_connected(WSSender(transport), loop.time() - t0)
+        assert isinstance(_listener, UpstreamListener)
+        bound_send_buffer(transport.underlying_transport)
+        sink.upstream_connected(UpstreamLink(transport, _listener), loop.time() - t0)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

@@ -241,6 +241,7 @@ class Supervisor:
         path = os.path.join(self._hub_dir, "hub.sock")
         self.hub = PodHub(path, self._hub_max_calls, self._pod, self._calls_lost)
         await self.hub.start()
+        self._calls_lost(-1, 0)  # the worker_lost series exists (at 0) from the start: alerts see its first rise
         self.env[HUB_ENV] = path
         log.info("pod hub on %s (up to %d calls in the pod)", path, self._hub_max_calls)
 
@@ -252,7 +253,7 @@ class Supervisor:
             from ..metrics import BY_NAME, make
 
             self._ended_counter = make(BY_NAME["gateway_calls_ended_total"], None)
-        self._ended_counter.labels(Outcome.WORKER_LOST).inc(lost)
+        self._ended_counter.labels(Outcome.WORKER_LOST).inc(lost)  # inc(0) creates the series
 
     async def _stop_hub(self) -> None:
         if self.hub is not None:

@@ -75,6 +75,9 @@ class CallReport:
     cancels: int = 0
     upstream_errors: list[str] = field(default_factory=list)
     heard_ms: float = 0.0
+    # An item's audio sent again after a clear (false-interruption resume): where it resumed minus
+    # where the caller had stopped hearing it, in ms (> 0: audio skipped, < 0: heard twice).
+    resumes: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -187,7 +190,7 @@ class Stack:
         expected = {it.item_id: expected_ulaw(it.audio, it.output_format)
                     for it in session.assistant_items if it.output_format}
         heard = heard_bytes_per_item(expected, [(h.payload, h.played) for h in record.heard])
-        received = _check_outbound(record, session, expected, self.config.audio_mode, problems)
+        received = _check_outbound(record, session, expected, self.config.audio_mode, problems, report.resumes)
         truncated = set()
         for t in session.truncates:
             truncated.add(t.item_id)
@@ -209,6 +212,9 @@ class Stack:
             if turns_before:
                 report.stop_latency_ms.append((clear.effect_at - turns_before[-1].at) * 1000)
         return report
+
+
+RESUME_TOLERANCE_MS = 20.0
 
 
 def _lead_ms(audio_mode: str) -> float:
@@ -235,13 +241,18 @@ def _check_inbound(record: CallRecord, session: SimSession, mode: str, problems:
 
 
 def _check_outbound(record: CallRecord, session: SimSession, expected: dict[str, bytes], mode: str,
-                    problems: list[str]) -> dict[str, int]:
-    """What Twilio received of each item is a gap-free prefix of it (no loss, dup, reorder).
+                    problems: list[str], resumes: list[float]) -> dict[str, int]:
+    """What Twilio received of each item is a gap-free prefix of it (no loss, dup, reorder); an
+    item resumed after a clear (false-interruption resume) must continue from what the caller
+    heard of it (within RESUME_TOLERANCE_MS: the playhead is an estimate, as for a truncate).
 
     Returns the bytes received per item. Transcoded audio is located by windows (an independent
     transcode may differ by one code now and then), passthrough audio is compared byte for byte.
     """
     received: dict[str, bytearray] = {}
+    heard: dict[str, int] = {}  # furthest byte of each item played so far
+    last_at: dict[str, float] = {}  # arrival of each item's previous chunk
+    clears = [c.received_at for c in record.clears]
     index = ItemIndex(expected)
     for chunk in record.heard:
         payload = chunk.payload
@@ -252,10 +263,21 @@ def _check_outbound(record: CallRecord, session: SimSession, expected: dict[str,
             continue
         item_id, off = hit
         buf = received.setdefault(item_id, bytearray())
+        previous = last_at.get(item_id)
+        cleared = previous is not None and any(previous < t <= chunk.received_at for t in clears)
+        if cleared and off != len(buf):
+            at = heard.get(item_id, 0)
+            resumes.append((off - at) / 8)
+            if abs(off - at) > RESUME_TOLERANCE_MS * 8:
+                problems.append(f"item {item_id}: resumed at {off / 8:.0f} ms, the caller had heard {at / 8:.0f} ms")
+            del buf[off:]
         if off != len(buf):
             problems.append(f"item {item_id}: chunk at offset {off} after {len(buf)} B (gap, duplicate or reorder)")
             break
         buf += payload
+        last_at[item_id] = chunk.received_at
+        if chunk.played:
+            heard[item_id] = max(heard.get(item_id, 0), off + chunk.played)
     interrupted = {t.item_id for t in session.truncates}
     for item in session.assistant_items:
         got = bytes(received.get(item.item_id, b""))

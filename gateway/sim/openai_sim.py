@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import math
+import socket
 import ssl
 import string
 import time
@@ -78,6 +79,10 @@ class OpenAISimConfig:
     vad_threshold_dbfs: float = -40.0  # energy VAD on appended audio (20 ms windows)
     vad_min_speech_ms: int = 60  # speech must last this long before speech_started
     session_max_s: float = 3600.0  # then error session_expired + close 1001
+    # ``expires_at`` announces session_max_s unless set: a server ending the session earlier than
+    # it said (no help for the client's rollover), to test surviving the cap itself
+    announced_session_s: float | None = None
+    rcvbuf_bytes: int = 0  # SO_RCVBUF of accepted sockets (0 = the kernel's); tests of a stalled reader
     reject_beta_header: bool = True  # `OpenAI-Beta` header → error beta_api_shape_disabled + close
     seed: int = 0
     record_audio: bool = True  # keep appended input audio bytes (off for load benches: counters only)
@@ -476,6 +481,7 @@ class SimSession(WSListener):
         self._transcribed = 0  # user audio turns transcribed
         self._last_context = (0, 0)  # (text, audio) input tokens of the previous response: the cached prefix
         self._timers: set[asyncio.TimerHandle] = set()
+        self.frozen = False  # freeze(): a half-open connection
 
     # ---------------------------------------------------------------- public helpers
 
@@ -496,6 +502,26 @@ class SimSession(WSListener):
         self._stop_streams()
         self.transport.send_close(WSCloseCode(code), reason.encode())
         self._close_timer = self._loop.call_later(_CLOSE_GRACE_S, self.transport.disconnect)
+
+    def reset(self) -> None:
+        """Failure injection: the TCP connection is reset (no CLOSE frame, as a crashed server)."""
+        if self.transport is not None:
+            self._stop_streams()
+            self.transport.underlying_transport.abort()
+
+    def freeze(self) -> None:
+        """Failure injection: a half-open upstream. Nothing is read (pings included: no pong) and
+        nothing is sent any more; the socket stays open."""
+        if self.transport is not None:
+            self.frozen = True
+            self._stop_streams()
+            self.transport.underlying_transport.pause_reading()
+
+    def stop_reading(self) -> None:
+        """Failure injection: the server stops reading (its socket buffer fills, the client's
+        writes back up) but keeps sending."""
+        if self.transport is not None:
+            self.transport.underlying_transport.pause_reading()
 
     def locate(self, audio: bytes) -> tuple[AssistantItem, int] | None:
         """Find which generated item contains this output-format slice, and at which byte offset."""
@@ -589,7 +615,7 @@ class SimSession(WSListener):
         self._write(type_, orjson.dumps({"type": type_, "event_id": self._next_event_id(), **fields}))
 
     def _write(self, type_: str, data: bytes) -> None:
-        if self.transport is None or self._closing:
+        if self.transport is None or self._closing or self.frozen:
             return
         self.transport.send(_TEXT, data)
         if self._cfg.record_server_events:
@@ -648,11 +674,12 @@ class SimSession(WSListener):
 
     def _default_session(self) -> dict[str, Any]:
         pcm = {"type": "audio/pcm", "rate": 24000}
+        expires_at = int(time.time() + (self._cfg.announced_session_s or self._cfg.session_max_s))
         return {
             "type": "realtime", "object": "realtime.session", "id": self.session_id,
             "model": self.model or DEFAULT_MODEL, "output_modalities": ["audio"], "instructions": DEFAULT_INSTRUCTIONS,
             "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None, "truncation": "auto",
-            "prompt": None, "expires_at": int(time.time() + self._cfg.session_max_s), "include": None,
+            "prompt": None, "expires_at": expires_at, "include": None,
             "audio": {
                 "input": {"format": dict(pcm), "transcription": None, "noise_reduction": None,
                           "turn_detection": _turn_detection({"type": "server_vad"})},
@@ -1451,7 +1478,12 @@ class OpenAIRealtimeSim:
         self._loop = asyncio.get_running_loop()
         self._warm_up()
         self._pacer = _Pacer(self._loop, self.config.chunk_ms / self.config.pace / 1000)
-        self._server = await ws_create_server(self._route, host, port, ssl=ssl_context,
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.config.rcvbuf_bytes:  # small windows make a server that stops reading felt in seconds
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf_bytes)
+        sock.bind((host, port))
+        self._server = await ws_create_server(self._route, sock=sock, ssl=ssl_context,
                                               max_frame_size=32 * 1024 * 1024)
         bound_port = self._server.sockets[0].getsockname()[1]
         self.url = f"{'wss' if ssl_context else 'ws'}://{host}:{bound_port}/v1/realtime?model={DEFAULT_MODEL}"

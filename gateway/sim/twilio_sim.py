@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import random
+import socket
 import ssl
 import xml.etree.ElementTree as ET
 from collections import deque
@@ -87,6 +88,7 @@ class TwilioSimConfig:
     # A REST update (hang-up or redirect) ends the stream with `stop` then close (obs, unconfirmed);
     # False: Twilio just closes the socket.
     rest_end_sends_stop: bool = True
+    rcvbuf_bytes: int = 0  # SO_RCVBUF of media sockets (0 = the kernel's); tests of a stalled reader
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,12 @@ class TwilioCall(WSListener):
         if len(digit) != 1 or digit not in DTMF_DIGITS:
             raise ValueError(f"one DTMF key (0-9, *, #) per message: {digit!r}")
         self._inject(lambda now: self._emit_dtmf(now, digit))
+
+    def stop_reading(self) -> None:
+        """Failure injection: this Twilio media server stops reading the gateway's messages (its
+        socket buffer fills up) while it keeps sending caller audio."""
+        if self._transport is not None:
+            self._transport.underlying_transport.pause_reading()
 
     def hangup(self) -> None:
         """The caller hangs up now: ``stop`` then close."""
@@ -536,6 +544,8 @@ class TwilioCall(WSListener):
             headers["Host"] = host
             if target.startswith("wss:"):
                 kwargs["server_hostname"] = parts.hostname
+        if cfg.rcvbuf_bytes:  # small windows make a media server that stops reading felt in seconds
+            kwargs["socket_factory"] = _small_window_socket(cfg.rcvbuf_bytes)
         try:
             transport, _ = await asyncio.wait_for(picows.ws_connect(
                 lambda: self, target, ssl_context=cfg.ssl_context, extra_headers=headers,
@@ -553,7 +563,12 @@ class TwilioCall(WSListener):
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31920, f"cannot connect: {exc!r}")
             return None
         self._transport = transport
-        selected = transport.response.headers.get("Sec-WebSocket-Protocol")
+        response: Any = transport.response  # typed as always set, but None if the peer left mid-upgrade
+        if response is None:
+            rec.http_status = None
+            self._fail_setup(Outcome.HANDSHAKE_FAILED, 31920, "upgrade failed: no response")
+            return None
+        selected = response.headers.get("Sec-WebSocket-Protocol")
         if selected is not None and not (cfg.offer_subprotocol and selected == SUBPROTOCOL):
             self._fail_setup(Outcome.HANDSHAKE_FAILED, 31920, f"server selected subprotocol {selected!r}, not offered")
             transport.disconnect()
@@ -1024,3 +1039,13 @@ class TwilioCall(WSListener):
             self._violation(31951, f"{event}: wrong streamSid {msg['streamSid']!r}")
             return None
         return item
+
+
+def _small_window_socket(rcvbuf: int) -> Callable[[Any], socket.socket]:
+    def factory(_url: Any) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        return sock
+
+    return factory

@@ -116,6 +116,8 @@ def parse(message: bytes | memoryview, stream_sid: str | None) -> TwilioEvent:
         return unknown
     except msgspec.DecodeError as exc:
         raise TwilioProtocolError(f"malformed JSON: {exc}", V.INVALID_JSON) from None
+    except RecursionError:  # nesting deeper than any message of Twilio's (msgspec's own limit)
+        raise TwilioProtocolError("message nested too deep", V.INVALID_JSON) from None
     if isinstance(event, Mark | Dtmf | Stop | _MediaShape):
         if stream_sid is None:
             raise TwilioProtocolError(f"{_name(event)!r} before 'start'", V.BEFORE_START)
@@ -147,7 +149,7 @@ def _unknown_or_invalid(message: bytes | memoryview, exc: msgspec.ValidationErro
     """A valid JSON document that is not a known event: an unknown event, or a broken known one."""
     try:
         name = _envelope.decode(message).event
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise TwilioProtocolError("message is not an object with a string 'event'", V.INVALID_EVENT) from None
     kind = _INVALID.get(name)
     if kind is None and name in _KNOWN_NAMES:

@@ -128,6 +128,8 @@ def test_without_a_file_one_agent_from_the_environment():
     (lambda t: t.replace("[tools.lookup_order]", "[tools.end_call]").replace('"lookup_order", ', ""),
      "tools.end_call: end_call is built in and cannot be redefined"),
     (lambda t: t.replace("[agents.sales]", "[agents.sales]]"), "not valid TOML"),
+    (lambda t: t.replace("max_call_s = 900", "max_call_s = 900\nmin_interruption_ms = 9000"),
+     "agents.support.min_interruption_ms: must be within 0..5000 ms"),
 ])
 def test_bad_files_are_refused_in_one_line(tmp_path, mutate, message):
     path = write(tmp_path, mutate(GOOD))
@@ -147,3 +149,22 @@ def test_http_tools_need_the_signing_secret(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(profiles.AgentsFileError, match="cannot read it"):
         profiles.load_file(tmp_path / "nope.toml", SETTINGS)
+
+
+def test_false_interruption_resume_per_agent(tmp_path):
+    """An agent's min_interruption_ms overrides the deployment's; the session then leaves both
+    interrupting and answering to the gateway; burst playout cannot resume, so it is refused."""
+    text = GOOD.replace("max_call_s = 900", "max_call_s = 900\nmin_interruption_ms = 400")
+    agents = profiles.load_file(write(tmp_path, text), SETTINGS)
+    support, sales = agents.agents["support"], agents.agents["sales"]
+    assert session.min_interruption_ms(support, SETTINGS) == 400
+    assert session.min_interruption_ms(sales, SETTINGS) == 0  # GATEWAY_MIN_INTERRUPTION_MS=0
+    td = session.session_config(support, agents.tools, SETTINGS)["audio"]["input"]["turn_detection"]
+    assert td["create_response"] is False and td["interrupt_response"] is False
+    td = session.session_config(sales, agents.tools, SETTINGS)["audio"]["input"]["turn_detection"]
+    assert td["create_response"] is True and td["interrupt_response"] is True
+    everyone = Settings.from_env({}, insecure_dev=True, tool_secret="s3cret", min_interruption_ms=300)
+    assert session.min_interruption_ms(sales, everyone) == 300
+    burst = Settings.from_env({}, insecure_dev=True, tool_secret="s3cret", playout="burst")
+    with pytest.raises(profiles.AgentsFileError, match="min_interruption_ms: needs GATEWAY_PLAYOUT=paced"):
+        profiles.load_file(write(tmp_path, text), burst)

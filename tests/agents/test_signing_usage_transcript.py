@@ -49,6 +49,19 @@ def test_usage_sums_and_costs():
     assert tokens.cost_usd(None) is None
 
 
+def test_a_deleted_caller_turn_leaves_the_transcript_for_good():
+    """False-interruption resume deletes the noise from the conversation: its transcription, which
+    comes later, must not bring it back."""
+    t = Transcript()
+    t.assistant_item("item_a1", 1.0)
+    t.caller_item("item_c1", 2.0)
+    t.forget("item_c1")
+    t.caller_text("item_c1", "cough", 2.5)
+    t.caller_item("item_c2", 3.0)
+    t.caller_text("item_c2", "hello", 3.5)
+    assert [(s["role"], s.get("text")) for s in t.snapshot()] == [("assistant", ""), ("caller", "hello")]
+
+
 def test_assistant_turn_cut_where_the_caller_stopped_hearing():
     t = Transcript()
     t.caller_item("item_c1", 1.0)

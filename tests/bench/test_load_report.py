@@ -1,7 +1,7 @@
 """``python -m bench load``'s report and figures without running anything.
 
 ``data/load_runs.json`` holds the runs of a real ``load --calls 20 --duration 5 --baseline
-pure,naive --profile`` (its load.json without the distributions and samples) and
+burst,pure,naive,sdk --profile --syscalls perf`` (its load.json without the distributions and samples) and
 ``data/load_report.txt`` what that bench printed for them: the table, its warnings, the ratios,
 the targets and the profile must come out the same, character for character. A deliberate change
 of the report updates both files from a new run."""
@@ -51,6 +51,19 @@ def test_report_of_a_run_with_missing_figures():
     assert rows["CPU per call-second (ms)"] == "-"
     assert rows["gateway interrupt->clear p50/p99 (ms)"] == "-"
     assert rows["inbound latency p50/p99/max (ms)"].split("/")[1] == "-"
+
+
+def test_report_of_runs_without_message_counts_or_perf():
+    """A run recorded before the message and system-call figures existed, or without perf, shows
+    ``-`` cells for them."""
+    run = json.loads((DATA / "load_runs.json").read_text(encoding="utf-8"))["runs"]["sdk"]
+    del run["messages_per_call_second"]
+    run["syscalls_per_call_second"]["all"] = None
+    text = figures_table({"sdk": run})
+    rows = dict(re.split(r"\s{2,}", line.strip()) for line in text.splitlines()[2:])
+    assert rows["msgs per call-s Twilio->sys media/mark/other"] == "-"
+    assert rows["every syscall (--syscalls perf)"] == "-"
+    assert rows["correctness (the simulators' verdict)"].startswith("FAILS: 4/20 calls, truncation p99")
 
 
 def _edge(cpu_s: float, sys_s: float, busy: float, total: float, sims: float, t: float,

@@ -27,7 +27,7 @@ LOAD_JSON_KEYS = Path(__file__).with_name("data") / "load_json_keys.txt"
 DATA_KEYED = (
     "correctness.problem_kinds", "correctness.outcomes", "correctness.upstream_errors",
     "gateway_metrics.upstream_errors", "gateway_metrics.protocol_errors", "gateway_metrics.rejected_calls",
-    "gateway_metrics.calls_ended", "gateway_metrics.interrupts",
+    "gateway_metrics.calls_ended", "gateway_metrics.interrupts", "syscalls_per_call_second.by_name",
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the bench reads /proc")
@@ -153,3 +153,39 @@ def test_sweep_smoke(tmp_path):
     assert step["cpu_per_call_second_ms"] > 0 and step["cpu_vs_simulators"] > 0
     assert (out / "sweep.png").stat().st_size > 1000
     assert "highest passing: 10 concurrent calls" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_sdk_baseline_smoke(tmp_path):
+    """`--baseline sdk`: the OpenAI Agents SDK bridge (bench/baselines/sdk, installed with npm ci on
+    first use) runs under the same load as the gateway, its Node process is measured, the
+    simulators judge it and the report says whether it passed their checks. Its correctness is
+    not asserted: finding its faults is the point of running it."""
+    from bench.baselines import sdk_setup
+
+    missing = sdk_setup.unavailable()
+    if missing is not None:
+        pytest.skip(f"sdk baseline: {missing}")
+    out = tmp_path / "load"
+    tag = uuid.uuid4().hex
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "load", "--calls", "10", "--duration", "4", "--baseline", "sdk",
+         "--no-plots", "--out", str(out)],
+        cwd=REPO, env={**os.environ, TAG: tag}, capture_output=True, text=True, timeout=280, check=False)
+    assert _tagged_processes(tag) == [], "the bench left processes behind"
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    data = json.loads((out / "load.json").read_text())
+    sdk = data["runs"]["sdk"]
+    assert sdk["system"].startswith("bench/baselines/sdk/server.mjs (Node v")
+    assert sdk["calls_judged"] == 10 and sdk["correctness"]["outcomes"] == {"completed": 10}
+    assert sdk["cpu"]["per_call_second_ms"] > 0 and sdk["memory"]["peak_rss_mib"] > 0
+    m = sdk["messages_per_call_second"]
+    assert m["twilio_to_system"]["media"] == pytest.approx(50, rel=0.1)  # a caller frame every 20 ms
+    assert m["system_to_openai"]["append"] == pytest.approx(50, rel=0.1)  # ... each forwarded as one append
+    assert m["openai_to_system"]["delta"] > 0 and m["system_to_twilio"]["media"] > 0
+    assert sdk["syscalls_per_call_second"]["read_write"] > 0
+    assert sdk["conversation"]["turns"] > 0 and sdk["truncate_error_ms"]["n"] >= 0
+    assert data["ratios"]["sdk"]["cpu_per_call_second"] > 0
+    assert any(t["name"] == "CPU per call vs SDK baseline (×less)" for t in data["targets"])
+    assert "vs sdk: sdk uses" in proc.stdout
+    assert "sdk FAILS the correctness checks" in proc.stdout or "sdk passes the correctness checks" in proc.stdout

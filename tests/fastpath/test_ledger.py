@@ -380,6 +380,27 @@ def test_plan_lower_clamp_confirmed(impl):
     assert ledger.plan_interrupt(0.085) == [("item", 0, 100)]
 
 
+def test_ahead_ms_is_what_twilio_holds_and_has_in_flight(impl):
+    """Paced playout meters by ``ahead_ms``: sent and not yet played at ``now`` (in-flight audio
+    counts: it has not played), never less than the unacknowledged part after an echo, 0 idle."""
+    mod = load(impl, "ledger")
+    ledger = mod.PlayoutLedger(default_latency_ms=40.0)
+    assert ledger.ahead_ms(0.0) == 0.0
+    first = ledger.queue("item", 0, 800, 100.0, 0.0)  # plays 40..140 ms
+    ledger.queue("item", 0, 1600, 200.0, 0.0)  # plays 140..340 ms
+    assert ledger.ahead_ms(0.0) == 300.0
+    assert ledger.ahead_ms(0.090) == 250.0
+    assert ledger.ahead_ms(0.400) == 0.0  # all played by the estimate, marks still pending
+    # The first chunk started an idle buffer, so its echo is a round trip: L = (300 - 100) / 2
+    # = 100 ms, byte 800 played at 200, playback started at 100: 200 ms played, 100 ms ahead.
+    ledger.on_mark(first, 0.300)
+    assert ledger.latency_ms == pytest.approx(100.0)
+    assert ledger.ahead_ms(0.300) == pytest.approx(100.0)
+    assert ledger.ahead_ms(0.0) == pytest.approx(200.0)  # never below what is unacknowledged
+    ledger.clear(0.300)
+    assert ledger.ahead_ms(0.300) == 0.0
+
+
 def test_new_segment_after_underrun(impl):
     """Audio queued after Twilio ran dry starts playing on arrival, not after the old audio;
     a late echo from the old segment must not drag the new origin back."""
@@ -586,8 +607,12 @@ def drive(mod, config, ops) -> list:
         elif kind == "echo_name":
             result = echo(op[1])
         elif kind == "plan":
-            result = ledger.plan_interrupt(t / 1000)
-            check_plan(result)
+            plan = ledger.plan_interrupt(t / 1000)
+            check_plan(plan)
+            ahead = ledger.ahead_ms(t / 1000)
+            assert 0.0 <= ahead <= ledger.queued_bytes / 8
+            assert ahead == 0.0 or ledger.busy
+            result = (plan, ahead)
         else:
             result = ledger.clear(t / 1000)
             first_seq = len(issued)

@@ -59,7 +59,7 @@ def test_every_default_is_valid():
 def test_every_constrained_variable_is_covered():
     """Only free text (instructions, greeting) has nothing to refuse."""
     unconstrained = {var.env for var in VARIABLES if not bad_values(var)}
-    assert unconstrained == {"GATEWAY_INSTRUCTIONS", "GATEWAY_GREETING"}
+    assert unconstrained == {"GATEWAY_INSTRUCTIONS", "GATEWAY_GREETING", "GATEWAY_RECONNECT_LINE"}
 
 
 @pytest.mark.parametrize(("var", "value", "problem"), CASES, ids=[f"{v.env}={x!r}" for v, x, _ in CASES])
@@ -155,3 +155,17 @@ def test_python_m_gateway_config_help():
     table = subprocess.run([sys.executable, "-m", "gateway.config"], capture_output=True, text=True, timeout=60,
                            check=True).stdout
     assert table.startswith("| Variable | Default | Allowed | Meaning |")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"GATEWAY_PLAYOUT_CHUNK_MS": "200", "GATEWAY_PLAYOUT_LEAD_MS": "300"},
+     "GATEWAY_PLAYOUT_CHUNK_MS must be at most half of GATEWAY_PLAYOUT_LEAD_MS"),
+    ({"GATEWAY_MIN_INTERRUPTION_MS": "400", "GATEWAY_PLAYOUT": "burst"},
+     "GATEWAY_MIN_INTERRUPTION_MS needs GATEWAY_PLAYOUT=paced"),
+])
+def test_playout_settings_that_do_not_fit_together(env, message):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"GATEWAY_INSECURE_DEV": "1", **env})
+    assert any(line.startswith(message) for line in info.value.problems)
+    fixed = {**env, "GATEWAY_PLAYOUT": "paced", "GATEWAY_PLAYOUT_LEAD_MS": "400"}
+    Settings.from_env({"GATEWAY_INSECURE_DEV": "1", **fixed})

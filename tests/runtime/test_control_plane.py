@@ -184,9 +184,13 @@ def test_a_replayed_token_and_a_second_socket_are_refused_on_the_other_worker(se
                 e.type == "session.update" and e.event.get("event_id") == f"{sid('dup', 1)}:session"
                 for e in s.client_events)]
             assert len(sessions) == 1  # one upstream session billing for the CallSid
-            ended = [m for m in gw.messages() if m.startswith("call ended: ")]
-            refusals = [m for m in ended if "replayed" in m or "duplicate_stream" in m]
-            assert len(refusals) == 8, ended
+            def refusals() -> list[str]:
+                return [m for m in gw.messages() if m.startswith("call ended: ")
+                        and ("replayed" in m or "duplicate_stream" in m)]
+
+            await gw.until(lambda: len(refusals()) >= 8, 5, "the gateway's log lines of 8 refusals")
+            refusals = refusals()
+            assert len(refusals) == 8, refusals
             assert any("duplicate_stream" in m for m in refusals) and any("replayed" in m for m in refusals)
             await first.wait()
 

@@ -207,6 +207,14 @@ def test_sigkill_of_one_worker_spares_the_other_and_is_restarted(serve, tmp_path
             async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 text = await resp.text()
             assert "gateway_worker_restarts_total 1.0" in text
+            # Every call started was counted as ended, the dead worker's included (by the hub).
+            lost = counts[victim]
+            assert f'gateway_calls_ended_total{{outcome="worker_lost"}} {float(lost)}' in text
+            started = float(next(line.split()[-1] for line in text.splitlines()
+                                 if line.startswith("gateway_calls_started_total ")))
+            ended = sum(float(line.split()[-1]) for line in text.splitlines()
+                        if line.startswith("gateway_calls_ended_total{"))
+            assert started == ended == len(handles) + len(more), (started, ended)
             assert await sigterm_and_wait(gw) == 0, gw.tail()
     arun(scenario(), 75)
 
@@ -272,6 +280,9 @@ def test_sigterm_drains_active_calls_and_refuses_new_ones(serve, target):
             assert not any(m.startswith("drain timeout") for m in messages)
             assert "all workers exited; supervisor exit code 0" in gw.messages("supervisor")
             assert not any(m.endswith("stopping now") for m in messages)
+            # a planned shutdown is not an incident: no error line (alerts fire on them)
+            errors = [r["msg"] for r in gw.logs() if r.get("level") == "error"]
+            assert errors == [], errors
     arun(scenario(), 60)
 
 
