@@ -62,6 +62,11 @@ invariants about meaning do not judge what the call does with them: a delta of a
 response already done, audio in a content part other than 0, a response id used again. The call
 forgets a response's items at its ``response.done`` (docs/protocols/openai-realtime.md, "What the
 gateway relies on"), so what it does with such audio is by design.
+
+Not fuzzed here (each has its own end-to-end tests over real sockets): paced playout (the oracle
+models burst playout, where every delta goes to Twilio in the step that brought it), upstream
+reconnects and session rollover (one upstream session per example: a fatal upstream event ends the
+call), and false-interruption resume (``GATEWAY_MIN_INTERRUPTION_MS`` stays 0).
 """
 from __future__ import annotations
 
