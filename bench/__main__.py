@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "sweep": "bench.sweep",
     "medians": "bench.medians",
     "soak": "bench.soak",
+    "control": "bench.control",
 }
 
 
