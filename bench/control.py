@@ -511,7 +511,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
             label = f"{key} {route}: p50 {s['p50_ms']:.2f}, p99 {s['p99_ms']:.2f} ms (n={s['n']})"
             axes[0].loglog(v, 1.0 - np.arange(v.size) / v.size, ls=styles.get(key, ":"), color=colors[route],
                            lw=1.5, label=label)
-    axes[0].xaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
+    for axis in (axes[0].xaxis, axes[1].yaxis):  # 0.6, 2, 10 rather than 6×10⁻¹, 2×10⁰, 10¹
+        axis.set_major_formatter(mpl.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        axis.set_minor_formatter(mpl.ticker.FuncFormatter(lambda x, _: f"{x:g}" if f"{x:g}"[0] in "25" else ""))
     axes[0].axhline(0.01, color="gray", ls=":", lw=1)
     axes[0].set_xlabel("client-side wall time per request (ms, log)")
     axes[0].set_ylabel("share of requests slower (log; dotted: the p99 line)")
