@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "fuzz": "bench.fuzz",
     "medians": "bench.medians",
     "soak": "bench.soak",
+    "control": "bench.control",
 }
 
 

@@ -20,22 +20,24 @@ def parse_metrics(text: str) -> Metrics:
     return out
 
 
-def histogram(metrics: Metrics, name: str) -> list[tuple[float, float]]:
-    """[(le, cumulative count)] of one unlabelled histogram, sorted by le."""
-    rows = [(float(dict(labels)["le"]), v) for (n, labels), v in metrics.items()
-            if n == name + "_bucket" and "le" in dict(labels)]
+def histogram(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> list[tuple[float, float]]:
+    """[(le, cumulative count)] of one histogram, sorted by le: an unlabelled one, or the series
+    with ``labels`` of a labelled one."""
+    want = (labels or {}).items()
+    rows = [(float(d["le"]), v) for (n, items), v in metrics.items()
+            if n == name + "_bucket" and "le" in (d := dict(items)) and all(d.get(k) == x for k, x in want)]
     return sorted(rows)
 
 
-def histogram_diff(before: Metrics, after: Metrics, name: str) -> dict[str, Any]:
+def histogram_diff(before: Metrics, after: Metrics, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Quantile estimates (Prometheus interpolation) of the observations between two scrapes."""
-    b = dict(histogram(before, name))
-    rows = [(le, c - b.get(le, 0.0)) for le, c in histogram(after, name)]
+    b = dict(histogram(before, name, labels))
+    rows = [(le, c - b.get(le, 0.0)) for le, c in histogram(after, name, labels)]
     total = rows[-1][1] if rows else 0.0
     out: dict[str, Any] = {"n": int(total), "buckets": [[le, int(c)] for le, c in rows]}
     for q, key in ((0.5, "p50"), (0.99, "p99")):
         out[key] = _bucket_quantile(rows, q) if total else None
-    nonempty = [le for (le, c), (_, p) in zip(rows, [(0.0, 0.0), *rows[:-1]], strict=True) if c > p]
+    nonempty = [le for (le, c), (_, p) in zip(rows, [(0.0, 0.0), *rows][:-1], strict=True) if c > p]
     out["max_bucket"] = nonempty[-1] if nonempty else None  # upper bound of the highest non-empty bucket
     return out
 
