@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "medians": "bench.medians",
     "soak": "bench.soak",
     "control": "bench.control",
+    "reconnect": "bench.reconnect",
 }
 
 

@@ -517,6 +517,11 @@ class SimSession(WSListener):
             self._stop_streams()
             self.transport.underlying_transport.pause_reading()
 
+    def expire(self) -> None:
+        """Failure injection: the session cap arrives now (``error`` session_expired, CLOSE 1001)."""
+        if self.transport is not None and not self._closing:
+            self._expire()
+
     def stop_reading(self) -> None:
         """Failure injection: the server stops reading (its socket buffer fills, the client's
         writes back up) but keeps sending."""
