@@ -161,6 +161,12 @@ def free_port() -> int:
 
 
 def gateway_command() -> list[str]:
+    """How to start the gateway: this environment's ``gateway`` script, or ``$BENCH_GATEWAY`` (the
+    ``gateway`` script of another installation: the same bench drives an older checkout, for
+    before/after figures)."""
+    other = os.environ.get("BENCH_GATEWAY")
+    if other:
+        return [other]
     script = Path(sys.executable).with_name("gateway")
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
 

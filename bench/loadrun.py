@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -166,7 +167,8 @@ async def start_system_under_test(target: str, spec: SutCommand, port: int, work
     await wait_healthy(port, sut)
     await asyncio.sleep(0.5)  # let start-up work settle before the idle measurement
     idle_from = procstat.tree_sample(sut.proc.pid), time.monotonic()
-    command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(spec.argv))
+    command = " ".join(Path(a).name if i == 0 and not os.environ.get("BENCH_GATEWAY") else a
+                       for i, a in enumerate(spec.argv))
     progress(f"[{target}] up on port {port} ({command}; {spec.note}); upstream {spec.env['GATEWAY_UPSTREAM_URL']}")
     return sut, idle_from
 
