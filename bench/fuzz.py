@@ -292,7 +292,7 @@ class Leg:
     def send_many(self, *messages: bytes) -> None:
         self._h.on_sent(self, messages)
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = 1000, reason: str = "", *, abort: bool = False) -> None:
         self.closes.append((code, reason))
         self._h.on_closed(self)
 

@@ -342,7 +342,7 @@ class Call:
             self._connecting = None
         if old is not None:
             old.detach()
-            old.close(1000, "replaced")
+            old.close(1000, "replaced", abort=True)  # it failed: nothing it still has queued matters
         for item_id in self.responses.reset():
             self.playout.produced.pop(item_id, None)
         self.playout.drop_tail()
@@ -683,7 +683,7 @@ class Call:
             self._up.close(1000, "call ended")
             self._up = None
         close_reason = f"{reason}: {detail}" if detail else str(reason)
-        self._twilio.close(reason.close_code, close_reason[:120])
+        self._twilio.close(reason.close_code, close_reason[:120], abort=reason is EndReason.TWILIO_STALLED)
         log.info("call ended: %s", close_reason, extra=self.log_extra())
         try:
             self.behaviour.on_end(reason.outcome, close_reason)

@@ -128,8 +128,11 @@ class WSSender:
         for data in messages:
             self._transport.send(WSMsgType.TEXT, data)
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
+    def close(self, code: int = 1000, reason: str = "", *, abort: bool = False) -> None:
         transport = self._transport
+        if abort:  # a graceful close would wait, without limit, for a peer that no longer reads
+            transport.disconnect(graceful=False)
+            return
         if not transport.is_close_frame_sent:
             transport.send_close(WSCloseCode(code), reason.encode())
         transport.disconnect()

@@ -10,4 +10,6 @@ class Sender(Protocol):
     def send_many(self, *messages: bytes) -> None:
         """Send several messages, in one socket write where the transport can."""
 
-    def close(self, code: int = 1000, reason: str = "") -> None: ...
+    def close(self, code: int = 1000, reason: str = "", *, abort: bool = False) -> None:
+        """Close with a CLOSE frame, flushing what is queued; ``abort``: drop the connection and what
+        is queued (a peer that stopped reading would otherwise hold the socket open indefinitely)."""

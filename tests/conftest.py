@@ -76,7 +76,10 @@ def run(request) -> LoopRunner:
 
 # --------------------------------------------------------------------------- what is under test
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ONCE_DIRS = ("tests/deploy/", "tests/bench/")  # independent of the install and of the fast path
+# Run in CI's first pass only: independent of the install (deploy manifests, bench smoke), or the
+# end-to-end suite, which runs in-process (the same code, installed or not); CI's pure-twin pass runs
+# its barge-in and paced-playout files by name.
+ONCE_DIRS = ("tests/deploy/", "tests/bench/", "tests/e2e/")
 
 
 def pytest_configure(config) -> None:
@@ -98,7 +101,16 @@ def pytest_configure(config) -> None:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Suites that do not depend on how the package is installed nor on the fast path: ``once``."""
+    """Mark ``once`` (see ONCE_DIRS); run ``uvloop_only`` tests under uvloop alone."""
+    kept, dropped = [], []
     for item in items:
         if any(part in str(item.path).replace(os.sep, "/") for part in ONCE_DIRS):
             item.add_marker(pytest.mark.once)
+        callspec = getattr(item, "callspec", None)
+        if item.get_closest_marker("uvloop_only") and callspec is not None and callspec.params.get("run") == "asyncio":
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import websockets
 from aiohttp import web
 
@@ -26,6 +27,9 @@ from gateway.sim.tool_server import ToolServer
 from gateway.sim.twilio_rest import TwilioRestSim
 from gateway.sim.twilio_script import CallScript, Dtmf, Turn
 from gateway.twilio.signature import compute_signature
+
+# Scenario tests of the agent behaviour, 8-10 s each: under the production loop only (CI time).
+pytestmark = pytest.mark.uvloop_only
 
 SECRET = "tool-secret-for-tests"
 
@@ -134,19 +138,23 @@ def test_tool_call_with_a_filler_while_it_is_slow(run, tmp_path):
 
 
 def test_tool_failures_become_error_outputs(run, tmp_path):
-    async def scenario() -> None:
-        for path, expected in (("fail", "http_error"), ("garbage", "invalid_json"), ("slow", "timeout")):
-            async with agent_stack(tmp_path, (GREET, LOOKUP, ANSWER), tool_path=path, timeout_s=0.5,
-                                   filler="none") as (st, _tools):
-                record, report = await st.call(CallScript(duration_ms=7000, turns=(ASK_CALLER,)))
-                session = st.session_for(record.call_sid)
-                assert session is not None
-            assert report.problems == [], path
-            assert list(orjson.loads(session.function_outputs[0].output)) == ["error"], path
-            assert any(r.script_index == 2 for r in session.responses), path  # the model could apologise
-            assert records(tmp_path)[record.call_sid]["tool_calls"][0]["status"] == expected
+    async def one(path: str, expected: str) -> None:
+        work = tmp_path / path
+        work.mkdir()
+        async with agent_stack(work, (GREET, LOOKUP, ANSWER), tool_path=path, timeout_s=0.5,
+                               filler="none") as (st, _tools):
+            record, report = await st.call(CallScript(duration_ms=7000, turns=(ASK_CALLER,)))
+            session = st.session_for(record.call_sid)
+            assert session is not None
+        assert report.problems == [], path
+        assert list(orjson.loads(session.function_outputs[0].output)) == ["error"], path
+        assert any(r.script_index == 2 for r in session.responses), path  # the model could apologise
+        assert records(work)[record.call_sid]["tool_calls"][0]["status"] == expected
 
-    run(scenario(), timeout=180)
+    async def scenario() -> None:  # three independent stacks, side by side
+        await asyncio.gather(one("fail", "http_error"), one("garbage", "invalid_json"), one("slow", "timeout"))
+
+    run(scenario(), timeout=120)
 
 
 def test_calls_of_an_interrupted_response_are_not_executed(run, tmp_path):

@@ -16,6 +16,9 @@ from gateway.sim.harness import RESUME_TOLERANCE_MS, Stack, StackConfig
 from gateway.sim.openai_sim import OpenAISimConfig
 from gateway.sim.twilio_script import CallScript, Turn
 
+# Scenario tests of the bridge rules, 8 s each: under the production loop only (CI time).
+pytestmark = pytest.mark.uvloop_only
+
 TOLERANCE_MS = 20.0
 ANSWER_MS = 5000
 MIN_INTERRUPTION_MS = 400

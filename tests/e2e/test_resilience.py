@@ -213,7 +213,9 @@ def test_stalled_twilio_reader_ends_the_call_with_bounded_memory(run):
             handle = st.start_call(CallScript(duration_ms=30_000))
             await until(lambda: handle.record.stream_sid, 10)
             handle.stop_reading()
-            record = await handle.wait()
+            # The gateway drops the socket: a CLOSE frame queued behind unread audio would keep it
+            # open (fd, buffers) for as long as the peer does not read (it was ~30 s here).
+            record = await asyncio.wait_for(handle.wait(), 10)
             gw = st.gateway
             assert gw is not None
             ended = dict(gw.ended)

@@ -209,7 +209,9 @@ def test_sigkill_of_one_worker_spares_the_other_and_is_restarted(serve, tmp_path
             assert "gateway_worker_restarts_total 1.0" in text
             # Every call started was counted as ended, the dead worker's included (by the hub).
             lost = counts[victim]
-            assert f'gateway_calls_ended_total{{outcome="worker_lost"}} {float(lost)}' in text
+            ended_lines = [line for line in text.splitlines() if line.startswith("gateway_calls_ended_total")]
+            assert f'gateway_calls_ended_total{{outcome="worker_lost"}} {float(lost)}' in text, (
+                counts, ended_lines, [m for m in gw.messages("supervisor") if "hub" in m])
             started = float(next(line.split()[-1] for line in text.splitlines()
                                  if line.startswith("gateway_calls_started_total ")))
             ended = sum(float(line.split()[-1]) for line in text.splitlines()
