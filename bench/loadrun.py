@@ -162,6 +162,8 @@ async def start_system_under_test(target: str, spec: SutCommand, port: int, work
     if not env.get("NODE_EXTRA_CA_CERTS"):
         env.pop("NODE_EXTRA_CA_CERTS", None)
     env.pop("DEBUG", None)  # the SDK logs every message with `debug` when DEBUG matches
+    if os.environ.get("BENCH_GATEWAY"):
+        env["PYTHONSAFEPATH"] = "1"  # its workers (`python -m ...`) must not import this checkout
     sut = await Child.spawn(target, spec.argv, env, work, json_stdout=False)
     children.append(sut)
     await wait_healthy(port, sut)
