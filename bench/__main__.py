@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "soak": "bench.soak",
     "control": "bench.control",
     "reconnect": "bench.reconnect",
+    "stalls": "bench.stalls",
 }
 
 

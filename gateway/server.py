@@ -174,6 +174,13 @@ def _content_length(headers: bytes) -> int | None:
     return length
 
 
+
+def twilio_stall_bytes(settings: Settings) -> int:
+    """What may be written to a Twilio socket that stopped reading before its call ends, beyond the
+    transport's high-water mark: 6x GATEWAY_TWILIO_STALL_MS of audio (≈ 11.2 bytes of media message
+    per μ-law ms), so a stall ends the call by its time or by this, whichever comes first."""
+    return int(settings.twilio_stall_ms * 11.2 * 6)
+
 class Gateway:
     """The calls of one worker process and the servers that feed them."""
 
@@ -344,12 +351,9 @@ class Gateway:
                 return WSUpgradeResponseWithListener(
                     WSUpgradeResponse.create_error_response(403, b"invalid signature\n"), None
                 )
-        # A Twilio socket that does not read for GATEWAY_TWILIO_STALL_MS ends its call; whatever
-        # the time, no more than 6x that much audio (≈ 11.2 bytes of media message per μ-law ms)
-        # is buffered for it meanwhile.
         stall_ms = self.settings.twilio_stall_ms
         listener = TwilioMediaListener(self._make_call, self.settings.max_frame_bytes, stall_ms / 1000,
-                                       int(stall_ms * 11.2 * 6))
+                                       twilio_stall_bytes(self.settings))
         offered = request.headers.get("Sec-WebSocket-Protocol", "")
         if SUBPROTOCOL in (p.strip() for p in offered.split(",")):
             return WSUpgradeResponseWithListener(
