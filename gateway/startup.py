@@ -172,6 +172,7 @@ class Summary:
             "model": s.model,
             "openai_api_key": "set" if s.openai_api_key else "unset",
             "audio_mode": s.audio_mode,
+            "playout": s.playout,
             "fast_path": "compiled" if self.fast.compiled else "pure",
             "security": "secure" if s.secure else "insecure",
             "control_api": "on" if s.control_token else "off",
@@ -196,11 +197,21 @@ class Summary:
             ("upstream", (f"{s.upstream_url} · model {s.model} · OPENAI_API_KEY "
                          f"{'set' if s.openai_api_key else 'NOT SET'}")),
             ("audio", f"{s.audio_mode} ({mode})"),
+            ("playout", self.playout_line),
             ("fast path", self.fast.label),
             ("security", self.security),
             ("control API", self.control_api),
             ("agents", self.agents_line),
         ]
+
+    @property
+    def playout_line(self) -> str:
+        s = self.settings
+        if s.playout == "burst":
+            return "burst (every model delta to Twilio at once)"
+        resume = (f", caller speech under {s.min_interruption_ms} ms resumes the answer" if s.min_interruption_ms
+                  else "")
+        return f"paced (Twilio holds ≤ {s.playout_lead_ms} ms ahead, {s.playout_chunk_ms} ms chunks{resume})"
 
     def table(self) -> str:
         lines = ["gateway serve: configuration in force"]

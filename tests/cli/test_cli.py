@@ -106,8 +106,8 @@ def test_serve_summary_reports_the_configuration_in_force_as_fields(start):
     assert s["webhook_url"] == "http://abcd.ngrok-free.app/twilio/voice"
     assert s["stream_url"] == "ws://abcd.ngrok-free.app/twilio/media"
     assert s["upstream_url"] == "wss://api.openai.com/v1/realtime?model=gpt-realtime" and s["model"] == "gpt-realtime"
-    assert (s["audio_mode"], s["security"], s["control_api"], s["openai_api_key"]) == (
-        "passthrough", "insecure", "on", "unset")
+    assert (s["audio_mode"], s["playout"], s["security"], s["control_api"], s["openai_api_key"]) == (
+        "passthrough", "paced", "insecure", "on", "unset")
     assert s["fast_path"] == ("compiled" if _fastpath.COMPILED else "pure")
     assert "ctl-secret" not in gw.text()
     # one warning per setting that makes every call fail (and the insecure public URL), also as log lines
@@ -156,8 +156,10 @@ def test_serve_summary_is_a_table_on_a_terminal():
     text = buf.decode(errors="replace").replace("\r\n", "\n")
     assert "gateway serve: configuration in force\n" in text, text
     table = text.split("gateway serve: configuration in force\n", 1)[1]
-    labels = [line.split()[0] for line in table.splitlines()[:9]]
-    assert labels == ["listen", "public", "webhook", "stream", "upstream", "audio", "fast", "security", "control"]
+    labels = [line.split()[0] for line in table.splitlines()[:10]]
+    assert labels == ["listen", "public", "webhook", "stream", "upstream", "audio", "playout", "fast", "security",
+                      "control"]
+    assert "playout      paced (Twilio holds ≤ 300 ms ahead, 100 ms chunks)" in table
     assert f"127.0.0.1:{port} · 1 worker (--workers)" in table
     assert "WARNING      OPENAI_API_KEY is not set" in table
     assert "`gateway check`" in table
