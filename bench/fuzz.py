@@ -1676,6 +1676,9 @@ def machine_class() -> type:
         @rule(dt=st.sampled_from(STEP_DT), tick=st.booleans())
         def advance(self, dt: float, tick: bool) -> None:
             """Time passes (timers fire); the worker's housekeeping tick may run."""
+            self._time_passes(dt, tick)
+
+        def _time_passes(self, dt: float, tick: bool) -> None:
             h = self.harness
 
             def run() -> None:
@@ -1747,13 +1750,7 @@ def machine_class() -> type:
             and echoes each mark as its audio has played (every flushed mark at once), a caller
             frame arrives, the worker's tick may run."""
             h = self.harness
-
-            def run() -> None:
-                h.timers.advance(dt)
-                if tick:
-                    h.call.tick(h.now)
-
-            h.drive("timer", run)
+            self._time_passes(dt, tick)
             if frame and h.call.state is not State.ENDED:
                 message, caller_audio = h.media_message("compact", FRAME)
                 h.twilio_message(message, kind="media", caller_audio=caller_audio)
