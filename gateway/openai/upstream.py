@@ -17,7 +17,7 @@ from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTrans
 
 from ..config import Settings
 from ..outcomes import UpstreamFailure
-from ..picows_adapter import WSSender, bound_send_buffer, tls_buffer_options
+from ..picows_adapter import SocketBioCheck, WSSender, bound_send_buffer, socket_bio_tls
 from ..reassembly import Fragment, Reassembler
 
 log = logging.getLogger("gateway.upstream")
@@ -162,8 +162,8 @@ class UpstreamConnector:
             ctx = ssl.create_default_context()
             if settings.upstream_ca_file:
                 ctx.load_verify_locations(settings.upstream_ca_file)
-            self._ssl = ctx
-        self._tls_buffers = tls_buffer_options(self._ssl is not None)
+            self._ssl = socket_bio_tls(ctx)
+        self._check_tls = SocketBioCheck()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def open(self, sink: UpstreamSink, model: str = "") -> asyncio.Task[None]:
@@ -196,7 +196,6 @@ class UpstreamConnector:
                     max_redirects=0,  # never replay the API key to another host
                     logger_name="upstream",
                     read_buffer_init_size=READ_BUFFER,
-                    **self._tls_buffers,
                 ),
                 timeout,
             )
@@ -219,6 +218,8 @@ class UpstreamConnector:
             return
         assert isinstance(_listener, UpstreamListener)
         bound_send_buffer(transport.underlying_transport)
+        if self._ssl is not None:
+            self._check_tls(transport)
         sink.upstream_connected(UpstreamLink(transport, _listener), loop.time() - t0)
 
     async def aclose(self) -> None:

@@ -2,12 +2,14 @@
 
 Each test here would break on a picows release that moved what the adapter relies on: the
 version range, the internal ``WSProtocol`` constructor (exercised over a real socket, with an
-independent client, ``websockets``), and the gateway's own multi-frame writes.
+independent client, ``websockets``), the gateway's own multi-frame writes, and aiofastnet's TLS on
+the socket itself (``socket_bio_tls``, over real TLS connections).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import pytest
 import websockets
@@ -90,3 +92,78 @@ def test_server_protocol_on_an_accepted_socket(run):
         assert seen[0].path == b"/twilio/media"
 
     run(scenario())
+
+
+class _TLSEcho(WSListener):
+    """Echoes each text message, so a test sees every byte come back through TLS both ways."""
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.TEXT:
+            transport.send(WSMsgType.TEXT, frame.get_payload_as_bytes())
+
+
+class _Collect(WSListener):
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.TEXT:
+            self.messages.put_nowait(frame.get_payload_as_bytes())
+
+
+@pytest.mark.parametrize("socket_bio", [True, False], ids=["socket-bio", "memory-bio"])
+def test_tls_on_the_socket_itself(run, tmp_path, socket_bio):
+    """``socket_bio_tls`` takes (aiofastnet reads the attribute), ``uses_socket_bio`` tells the two
+    apart, and the bytes survive: small messages, record-spanning ones, and a burst far beyond the
+    bounded socket buffer (OpenSSL's partial writes on a socket BIO, resumed when writable)."""
+    from picows import ws_connect, ws_create_server
+
+    from gateway.sim.openai_tls import make_self_signed_tls
+
+    server_ctx, ca_file = make_self_signed_tls(str(tmp_path))
+    client_ctx = ssl.create_default_context(cafile=ca_file)
+    if socket_bio:
+        pa.socket_bio_tls(client_ctx)
+
+    async def scenario() -> None:
+        server = await ws_create_server(lambda _request: _TLSEcho(), "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        transport, client = await ws_connect(_Collect, f"wss://127.0.0.1:{port}/", ssl_context=client_ctx,
+                                             max_frame_size=1 << 22)
+        try:
+            assert pa.uses_socket_bio(transport) is socket_bio
+            pa.bound_send_buffer(transport.underlying_transport)
+            sent = [b"hello", b"y" * 70_000] + [bytes([65 + i % 26]) * 40_000 for i in range(50)]
+            for message in sent:
+                transport.send(WSMsgType.TEXT, message)
+            got = [await asyncio.wait_for(client.messages.get(), 10) for _ in sent]
+            assert got == sent
+        finally:
+            transport.disconnect()
+            await transport.wait_disconnected()
+            server.close()
+            await server.wait_closed()
+
+    run(scenario())
+
+
+def test_socket_bio_check_warns_once_when_aiofastnet_ignores_it(caplog):
+    class _Transport:
+        def __init__(self, membio: bool) -> None:
+            self.underlying_transport = self
+            self.membio = membio
+
+        def get_extra_info(self, name: str) -> object:
+            return self.membio if name.endswith("_use_membio") else None
+
+    check = pa.SocketBioCheck()
+    with caplog.at_level(logging.WARNING, logger="gateway.picows_adapter"):
+        check(_Transport(membio=True))
+        check(_Transport(membio=True))
+    assert [r.getMessage() for r in caplog.records if "kept memory BIOs" in r.getMessage()] == [
+        (f"aiofastnet {pa.AIOFASTNET_VERSION} kept memory BIOs for TLS (gateway/picows_adapter.py, "
+         "socket_bio_tls): calls work, with about 25 KiB more memory each")]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gateway.picows_adapter"):
+        pa.SocketBioCheck()(_Transport(membio=False))
+    assert not caplog.records
