@@ -58,7 +58,7 @@ FIGURES: tuple[tuple[str, Callable[[Run], Any], int], ...] = (
     ("caller speech -> audio stopped p99 (ms)", _get("stop_ms", "p99"), 0),
     ("messages in per call-s", _get("messages_per_call_second", "in"), 1),
     ("messages out per call-s", _get("messages_per_call_second", "out"), 1),
-    ("read/write-family syscalls per call-s", _get("syscalls_per_call_second", "read_write"), 1),
+    ("read/write-family syscalls per call-s (no send/recv)", _get("syscalls_per_call_second", "read_write"), 1),
     ("every syscall per call-s (perf)", _get("syscalls_per_call_second", "all"), 1),
     ("voluntary context switches per call-s", _get("syscalls_per_call_second", "context_switches_voluntary"), 1),
     ("calls with problems", _calls_with_problems, 0),
