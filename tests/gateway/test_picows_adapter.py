@@ -16,6 +16,7 @@ import websockets
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest
 
 from gateway import picows_adapter as pa
+from gateway.openssl_ctx import enable_read_ahead
 
 
 @pytest.mark.parametrize(("length", "header"), [
@@ -111,11 +112,13 @@ class _Collect(WSListener):
             self.messages.put_nowait(frame.get_payload_as_bytes())
 
 
-@pytest.mark.parametrize("socket_bio", [True, False], ids=["socket-bio", "memory-bio"])
-def test_tls_on_the_socket_itself(run, tmp_path, socket_bio):
+@pytest.mark.parametrize(("socket_bio", "read_ahead"), [(True, True), (True, False), (False, False)],
+                         ids=["socket-bio-read-ahead", "socket-bio", "memory-bio"])
+def test_tls_on_the_socket_itself(run, tmp_path, socket_bio, read_ahead):
     """``socket_bio_tls`` takes (aiofastnet reads the attribute), ``uses_socket_bio`` tells the two
-    apart, and the bytes survive: small messages, record-spanning ones, and a burst far beyond the
-    bounded socket buffer (OpenSSL's partial writes on a socket BIO, resumed when writable)."""
+    apart, and the bytes survive, with and without OpenSSL's read-ahead: small messages,
+    record-spanning ones, and a burst far beyond the bounded socket buffer (OpenSSL's partial
+    writes on a socket BIO, resumed when writable; several records per read with read-ahead)."""
     from picows import ws_connect, ws_create_server
 
     from gateway.sim.openai_tls import make_self_signed_tls
@@ -124,6 +127,8 @@ def test_tls_on_the_socket_itself(run, tmp_path, socket_bio):
     client_ctx = ssl.create_default_context(cafile=ca_file)
     if socket_bio:
         pa.socket_bio_tls(client_ctx)
+    if read_ahead:
+        assert enable_read_ahead(client_ctx) is None
 
     async def scenario() -> None:
         server = await ws_create_server(lambda _request: _TLSEcho(), "127.0.0.1", 0, ssl=server_ctx)
