@@ -95,7 +95,7 @@ class AgentCall(CallBehaviour):
     # ------------------------------------------------------------------ session
     def plan(self) -> SessionPlan:
         settings = self._services.settings
-        session = sess.session_config(self.agent, self._tools_config, settings)
+        session = self._services.session(self.agent_name, self.agent)
         model = self.model if self.model != settings.model else ""
         td = sess.turn_detection(self.agent, settings)
         resume_ms = sess.min_interruption_ms(self.agent, settings)

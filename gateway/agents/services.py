@@ -6,6 +6,7 @@ profile they started with (profiles are immutable), and a bad file is logged and
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from ..behaviour import CallControl
 from ..config import Settings
@@ -14,7 +15,8 @@ from ..stats import CallStats
 from ..twilio.rest import TwilioRest
 from ..twilio.tokens import CallClaims
 from .agent_call import AgentCall
-from .profiles import Agents, load
+from .profiles import Agent, Agents, load
+from .session import session_config
 from .sinks import Count, RecordSinks
 from .tools import ToolClient
 
@@ -29,6 +31,7 @@ class AgentServices:
         self.records = RecordSinks(settings.call_records_dir, settings.call_record_webhook, settings.tool_secret,
                                    count_record)
         self._rest: TwilioRest | None = None
+        self._sessions: dict[str, tuple[Agent, dict[str, Any]]] = {}
 
     @property
     def rest(self) -> TwilioRest | None:
@@ -41,6 +44,14 @@ class AgentServices:
                                     base_url=self.settings.twilio_api_base_url)
         return self._rest
 
+    def session(self, name: str, agent: Agent) -> dict[str, Any]:
+        """The ``session`` of session.update for the profile ``agent``: built once and shared by all
+        its calls, read-only (each call keeps it for reconnects; one copy per call was 1.6 KiB)."""
+        cached = self._sessions.get(name)
+        if cached is None or cached[0] is not agent:
+            cached = self._sessions[name] = (agent, session_config(agent, self.agents.tools, self.settings))
+        return cached[1]
+
     def behaviour(self, call: CallControl, stats: CallStats, claims: CallClaims) -> AgentCall:
         return AgentCall(self, call, stats, claims)
 
@@ -52,6 +63,7 @@ class AgentServices:
             log.error("agents file not reloaded, the previous one stays in force: %s", exc)
             return False
         self.agents = agents
+        self._sessions.clear()
         log.info("agents reloaded from %s: %s", agents.source, ", ".join(agents.agents))
         return True
 
