@@ -132,9 +132,10 @@ async def twilio_stall(n: int, progress: Any) -> dict[str, Any]:
         await sampler
         ended = dict(st.gateway.ended)
         progress(f"twilio: every call ended after {time.monotonic() - started:.1f} s: {ended}")
-    # The Twilio socket: the transport's high-water mark, then twilio_stall_bytes more at most;
-    # paced playout holds what the model sent ahead (at most 60 s of audio: MAX_HELD_BYTES).
-    bounds = {"twilio_write": HIGH_WATER + twilio_stall_bytes(settings), "paced_held": MAX_HELD_BYTES,
+    # The Twilio socket: the transport's high-water mark, then twilio_stall_bytes more at most, plus
+    # the two writes that cross them (a write goes out whole: a chunk and its mark, ~1.4 KiB at
+    # 100 ms); paced playout holds what the model sent ahead (at most 60 s of audio: MAX_HELD_BYTES).
+    bounds = {"twilio_write": HIGH_WATER + twilio_stall_bytes(settings) + 8 * KIB, "paced_held": MAX_HELD_BYTES,
               "caller_held": settings.max_pending_audio_ms * 8}
     result = peaks.result(n, bounds)
     if ended != {"twilio_stalled": n}:
