@@ -151,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     setup_logging(settings.log_level, worker="supervisor")
     Summary.build(settings, workers, origin, fast, agents).emit(log)
-    from .control.setup import pod_name
+    from .control.hub import pod_name
     from .runtime.supervisor import Supervisor
 
     return Supervisor(workers, settings.host, settings.port, drain_timeout_s=settings.drain_timeout_s,

@@ -296,3 +296,25 @@ class GatewayMetrics:
 def restart_counter() -> Any:
     """``gateway_worker_restarts_total`` as the supervisor writes it (multiprocess directory)."""
     return make(BY_NAME["gateway_worker_restarts_total"], None)
+
+
+def unended_calls(pid: int, directory: str) -> int:
+    """Calls the worker process ``pid`` counted as started and never as ended, read from its files.
+
+    A worker killed with calls cannot count their end, but its counters outlive it: in
+    multiprocess mode each process's counters are in ``counter_<pid>.db`` (prometheus-client's
+    naming), written through a shared mapping the kernel keeps after SIGKILL. Exact where the
+    pod hub's registry is not: a call is counted started when its media socket opens, before the
+    hub hears of it."""
+    path = os.path.join(directory, f"counter_{pid}.db")
+    if not os.path.exists(path):
+        return 0
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    balance = 0.0
+    for metric in MultiProcessCollector.merge([path]):  # type: ignore[no-untyped-call]  # untyped upstream
+        if metric.name == "gateway_calls_started":
+            balance += sum(s.value for s in metric.samples)
+        elif metric.name == "gateway_calls_ended":
+            balance -= sum(s.value for s in metric.samples)
+    return max(0, round(balance))

@@ -7,8 +7,9 @@ into a live call (``start``) — or refuses a second socket for a call that alre
 token already used, or a call beyond ``GATEWAY_MAX_CALLS`` — and ``end`` frees it. Commands for a
 call are forwarded to the worker that owns it and its answer relayed back.
 
-A worker that dies takes its calls with it: the hub drops them at once, counts them as ended
-(``on_calls_lost``) and stops routing to it.
+A worker that dies takes its calls with it: the hub drops them at once and stops routing to it.
+(The supervisor counts them as ended, from the dead worker's own counters: the hub cannot, as it
+hears of a call only at its ``start``, after the media socket opened.)
 """
 from __future__ import annotations
 
@@ -16,16 +17,25 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .wire import WireError, encode, read
 
+if TYPE_CHECKING:
+    from ..config import Settings
+
 log = logging.getLogger("gateway.hub")
+HUB_ENV = "GATEWAY_HUB_SOCKET"  # set by the supervisor for its workers (not a user setting)
+WORKER_ENV = "GATEWAY_WORKER_INDEX"
 RESERVATION_S = 30.0  # a webhook's place is kept this long for its media socket
 COMMAND_TIMEOUT_S = 5.0
+
+
+def pod_name(settings: Settings) -> str:
+    return settings.pod_name or socket.gethostname()
 
 
 @dataclass
@@ -101,11 +111,9 @@ class Admission:
 
 
 class PodHub:
-    def __init__(self, path: str, max_calls: int, pod: str,
-                 on_calls_lost: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, path: str, max_calls: int, pod: str) -> None:
         self.path = path
         self.admission = Admission(max_calls, pod)
-        self._on_calls_lost = on_calls_lost  # (worker index, calls lost)
         self._server: asyncio.AbstractServer | None = None
         self._workers: dict[int, _Worker] = {}
         self._ids = itertools.count(1)
@@ -151,8 +159,6 @@ class PodHub:
                 future.set_exception(ConnectionError(f"worker {worker.index} is gone"))
         if lost:
             log.warning("hub: worker %d is gone with %d calls", worker.index, lost)
-            if self._on_calls_lost is not None:
-                self._on_calls_lost(worker.index, lost)
 
     def _dispatch(self, worker: _Worker, m: dict[str, Any]) -> None:
         op, rid = m.get("op"), m.get("id", 0)

@@ -4,15 +4,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import socket
 
 from ..config import Settings
 from ..metrics import GatewayMetrics
 from ..outcomes import EndReason
+from .hub import HUB_ENV, WORKER_ENV, pod_name
 from .plane import ControlPlane, LocalPlane, PodPlane
-
-HUB_ENV = "GATEWAY_HUB_SOCKET"  # set by the supervisor for its workers (not a user setting)
-WORKER_ENV = "GATEWAY_WORKER_INDEX"
 
 # The control plane's refusals at `start`, as the call's end reason.
 ADMISSION_REFUSALS = {
@@ -20,10 +17,6 @@ ADMISSION_REFUSALS = {
     "replayed": EndReason.TOKEN_REPLAYED_ELSEWHERE,
     "capacity": EndReason.OVER_CAPACITY,
 }
-
-
-def pod_name(settings: Settings) -> str:
-    return settings.pod_name or socket.gethostname()
 
 
 def make_plane(settings: Settings, metrics: GatewayMetrics) -> ControlPlane:

@@ -55,8 +55,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..control.hub import PodHub
-from ..control.setup import HUB_ENV
+# Nothing imported here may import prometheus_client: it picks multiprocess mode once, at import,
+# from PROMETHEUS_MULTIPROC_DIR, which this process sets only in ``run`` (tests/runtime check it).
+from ..control.hub import HUB_ENV, PodHub
 from ..outcomes import Outcome
 
 log = logging.getLogger("gateway.supervisor")
@@ -137,6 +138,7 @@ class WorkerProcess:
     restarts: int = 0
     port: int | None = None
     last_exit: int | None = None
+    unended_at_spawn: int = 0  # a reused pid's old counter file (an operator's kept directory)
 
     @property
     def pid(self) -> int | None:
@@ -224,6 +226,9 @@ class Supervisor:
             os.makedirs(given, exist_ok=True)
             self.metrics_dir = given
         else:  # even for one worker: the restart counter lives in this process
+            if "prometheus_client" in sys.modules:  # a regression of this module's imports
+                log.error("prometheus_client was imported before %s was set: this process's counters "
+                          "(worker restarts, calls of dead workers) will be missing from /metrics", MULTIPROC_ENV)
             self.metrics_dir = tempfile.mkdtemp(prefix="gateway-prometheus-")
             self._own_metrics_dir = True
             # The workers inherit it; set here too, so metrics created in this process (the
@@ -232,6 +237,7 @@ class Supervisor:
             self.env[MULTIPROC_ENV] = self.metrics_dir
         if self.metrics_dir:
             log.info("prometheus multiprocess mode: %s=%s", MULTIPROC_ENV, self.metrics_dir)
+            self._count_lost_calls(0)  # the worker_lost series exists (at 0) from the start: alerts see its first rise
 
     async def _start_hub(self) -> None:
         """The pod's control plane on a private Unix socket the workers connect to (``control.hub``)."""
@@ -239,13 +245,23 @@ class Supervisor:
             return
         self._hub_dir = tempfile.mkdtemp(prefix="gateway-hub-")  # mode 0700: only this user's processes
         path = os.path.join(self._hub_dir, "hub.sock")
-        self.hub = PodHub(path, self._hub_max_calls, self._pod, self._calls_lost)
+        self.hub = PodHub(path, self._hub_max_calls, self._pod)
         await self.hub.start()
-        self._calls_lost(-1, 0)  # the worker_lost series exists (at 0) from the start: alerts see its first rise
         self.env[HUB_ENV] = path
         log.info("pod hub on %s (up to %d calls in the pod)", path, self._hub_max_calls)
 
-    def _calls_lost(self, index: int, lost: int) -> None:
+    def _unended_calls(self, pid: int) -> int:
+        if self.metrics_dir is None:
+            return 0
+        from ..metrics import unended_calls
+
+        try:
+            return unended_calls(pid, self.metrics_dir)
+        except Exception:  # metrics bookkeeping must never take the supervisor down
+            log.warning("reading the counters of pid %d failed", pid, exc_info=True)
+            return 0
+
+    def _count_lost_calls(self, lost: int) -> None:
         """A dead worker's calls are counted as ended (its own process can no longer do it)."""
         if self.metrics_dir is None:
             return
@@ -355,6 +371,9 @@ class Supervisor:
             os.close(write_fd)
         w.spawned_at = time.monotonic()
         w.ready, w.ready_at, w.ready_buf, w.killed = False, None, b"", False
+        # Read before the worker can count a call: it has only just been exec'd, and it counts
+        # calls only once it listens.
+        w.unended_at_spawn = self._unended_calls(w.proc.pid)
         os.set_blocking(read_fd, False)
         w.ready_fd = read_fd
         self._loop.add_reader(read_fd, self._on_ready_data, w)
@@ -424,6 +443,11 @@ class Supervisor:
         w.proc, w.last_exit, w.ready = None, returncode, False
         self._close_ready(w)
         _mark_process_dead(pid, self.metrics_dir)
+        lost = self._unended_calls(pid) - w.unended_at_spawn
+        if lost > 0:
+            log.warning("worker %d (pid %d) died with %d calls: counted as ended (outcome worker_lost)",
+                        w.index, pid, lost)
+            self._count_lost_calls(lost)
         if self._phase in ("stopping", "failing"):
             clean = returncode == 0 or (not was_ready and returncode in (-signal.SIGTERM, -signal.SIGINT))
             self._stop_codes[w.index] = 0 if clean else (returncode or 1)

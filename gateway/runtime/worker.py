@@ -214,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     # The refusal below says it better than _fastpath's import-time warning (startup.PURE_TWIN_WARNING).
     warnings.filterwarnings("ignore", message="_fastpath: compiled extension not available", category=RuntimeWarning)
     from ..config import Settings
+    from ..control.hub import WORKER_ENV
     from ..errors import ConfigError
     from ..logs import setup_logging
     from ..startup import fast_path, fast_path_refusal
 
-    os.environ["GATEWAY_WORKER_INDEX"] = str(args.index)  # control.setup: this worker's place in the pod
+    os.environ[WORKER_ENV] = str(args.index)  # control.setup: this worker's place in the pod
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 
 import aiohttp
@@ -143,3 +145,24 @@ def test_real_prometheus_scrapes_gateway(run):
                     proc.terminate()
                     proc.wait(10)
     run(scenario(), timeout=60)
+
+
+def test_unended_calls_are_read_from_a_killed_workers_counter_file(tmp_path):
+    """What the supervisor counts as ``worker_lost``: a SIGKILLed process's started minus ended
+    calls, from the files prometheus-client left (fails loudly if it renames or re-formats them)."""
+    from gateway.metrics import unended_calls
+
+    child = (
+        "import os, signal\n"
+        "from gateway.metrics import BY_NAME, make\n"
+        "started = make(BY_NAME['gateway_calls_started_total'], None)\n"
+        "ended = make(BY_NAME['gateway_calls_ended_total'], None)\n"
+        "for _ in range(5): started.inc()\n"
+        "ended.labels('completed').inc(); ended.labels('hung_up').inc()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child],
+                            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert proc.wait(60) == -signal.SIGKILL
+    assert unended_calls(proc.pid, str(tmp_path)) == 3
+    assert unended_calls(1, str(tmp_path)) == 0  # no file: that process counted nothing

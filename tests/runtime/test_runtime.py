@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from typing import Self
@@ -195,6 +196,8 @@ def test_sigkill_of_one_worker_spares_the_other_and_is_restarted(serve, tmp_path
             assert any(m.startswith(f"worker {victim} (pid {pids[victim]}) exited unexpectedly (signal SIGKILL)")
                        and "restarting in 0.5 s" in m for m in supervisor), supervisor
             assert any(m.startswith(f"worker {victim} restarted: pid {new_pid}") for m in supervisor), supervisor
+            assert (f"worker {victim} (pid {pids[victim]}) died with {counts[victim]} calls: counted as ended "
+                    "(outcome worker_lost)") in supervisor, supervisor
             assert any(f"worker ready (pid {new_pid}," in m for m in gw.messages(victim))
             assert not gauge_file.exists()  # mark_process_dead ran for the dead pid
 
@@ -207,7 +210,7 @@ def test_sigkill_of_one_worker_spares_the_other_and_is_restarted(serve, tmp_path
             async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
                 text = await resp.text()
             assert "gateway_worker_restarts_total 1.0" in text
-            # Every call started was counted as ended, the dead worker's included (by the hub).
+            # Every call started was counted as ended, the dead worker's included (by the supervisor).
             lost = counts[victim]
             ended_lines = [line for line in text.splitlines() if line.startswith("gateway_calls_ended_total")]
             assert f'gateway_calls_ended_total{{outcome="worker_lost"}} {float(lost)}' in text, (
@@ -219,6 +222,44 @@ def test_sigkill_of_one_worker_spares_the_other_and_is_restarted(serve, tmp_path
             assert started == ended == len(handles) + len(more), (started, ended)
             assert await sigterm_and_wait(gw) == 0, gw.tail()
     arun(scenario(), 75)
+
+
+def test_calls_a_killed_worker_held_before_their_start_are_counted_lost(serve):
+    """A call is counted started when its media socket opens; the hub hears of it only at its
+    ``start``. Killed in between, the worker's calls are still counted ended (``worker_lost``)."""
+    async def scenario():
+        async with Sims() as sims:
+            port = free_port()
+            gw = serve(*serve_args(1, port), **sims.env())
+            pids = await gw.wait_ready(1)
+            base = f"http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession() as http:
+                sockets = [await http.ws_connect(f"ws://127.0.0.1:{port}/twilio/media") for _ in range(2)]
+                for ws in sockets:
+                    await ws.send_str('{"event": "connected", "protocol": "Call", "version": "1.0.0"}')
+
+                async def metrics() -> str:
+                    async with http.get(base + "/metrics") as resp:
+                        return await resp.text()
+
+                deadline = time.monotonic() + 10
+                while "\ngateway_calls_started_total 2.0\n" not in await metrics():
+                    assert time.monotonic() < deadline, "the worker never counted the two sockets"
+                    await asyncio.sleep(0.05)
+                os.kill(pids[0], signal.SIGKILL)
+                for ws in sockets:
+                    await ws.receive(timeout=10)  # closed with the worker
+                    await ws.close()
+                await gw.until(lambda: gw.ready_pids().get(0, pids[0]) != pids[0], 15, "a replacement worker ready")
+                text = await metrics()
+            # The supervisor's counters, from the directory it created (none given here).
+            assert "\ngateway_worker_restarts_total 1.0\n" in text, text
+            assert 'gateway_calls_ended_total{outcome="worker_lost"} 2.0' in text, text
+            assert f"worker 0 (pid {pids[0]}) died with 2 calls: counted as ended (outcome worker_lost)" in (
+                gw.messages("supervisor"))
+            assert not any("is gone with" in m for m in gw.messages("supervisor"))  # the hub never knew them
+            assert await sigterm_and_wait(gw) == 0, gw.tail()
+    arun(scenario(), 60)
 
 
 # --------------------------------------------------------------------------- graceful drain
@@ -374,9 +415,26 @@ sys.exit(3)
 """
 
 
-def test_supervisor_restarts_with_backoff_calls_the_hook_and_exits_0_on_sigterm(caplog):
+def test_the_supervisor_imports_no_prometheus_client_before_it_sets_its_directory():
+    """prometheus-client chooses multiprocess mode once, at import: imported before the supervisor
+    sets PROMETHEUS_MULTIPROC_DIR, the supervisor's own counters (restarts, worker_lost) are lost."""
+    code = ("import sys\n"
+            "from gateway import cli\n"
+            "from gateway.agents.profiles import load\n"
+            "from gateway.control.hub import pod_name\n"
+            "from gateway.logs import setup_logging\n"
+            "from gateway.runtime.supervisor import Supervisor\n"
+            "from gateway.startup import Summary, fast_path\n"
+            "print(sorted(m for m in sys.modules if m.startswith('prometheus_client')))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_supervisor_restarts_with_backoff_calls_the_hook_and_exits_0_on_sigterm(caplog, tmp_path):
     """In-process supervisor over a fake worker that is ready, then crashes after 0.3 s."""
-    sup = Supervisor(1, "127.0.0.1", 0, worker_cmd=[sys.executable, "-c", FAKE_WORKER])
+    sup = Supervisor(1, "127.0.0.1", 0, worker_cmd=[sys.executable, "-c", FAKE_WORKER],
+                     env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     restarts: list[tuple[int, int, float]] = []
 
     def hook(index: int, pid: int) -> None:
