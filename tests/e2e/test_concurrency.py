@@ -18,7 +18,9 @@ def test_200_concurrent_calls(run):
             handles = []
             for i in range(CALLS):
                 turns = (Turn(after_heard_ms=600 + (i % 5) * 100, speech_ms=400),) if i % 2 else ()
-                handles.append(st.start_call(CallScript(duration_ms=3500, turns=turns), "CA%032x" % (i + 1)))
+                # 5 s: the barge-in (at most 1.4 s into the greeting, which may start late on a
+                # loaded loop) completes well before the caller hangs up.
+                handles.append(st.start_call(CallScript(duration_ms=5000, turns=turns), "CA%032x" % (i + 1)))
                 if i % 20 == 19:
                     await asyncio.sleep(0.02)  # ramp: 20 calls per step
             records = await asyncio.gather(*(h.wait() for h in handles))
@@ -26,7 +28,10 @@ def test_200_concurrent_calls(run):
             problems = {r.call_sid: r.problems for r in reports if r.problems}
             assert problems == {}
             interrupted = [r for r in reports if r.truncates]
-            assert len(interrupted) == CALLS // 2
+            missed = {r.call_sid: [(t.stream_ms, t.heard_ms) for t in r.turns]
+                      + [(r.ended_at or 0) - (r.stream_started_at or 0)]
+                      for r in records if r.turns and not st.judge(r).truncates}
+            assert len(interrupted) == CALLS // 2, missed
             # No timing assertion here: gateway and both simulators share one event loop, so an
             # overloaded loop delays every clock. Accuracy is asserted per phase in
             # test_bargein.py and measured under load by the bench (separate processes).
