@@ -184,11 +184,14 @@ class _Flow:
     def initial(self) -> Any:
         return {} if self.way is dict else (False if self.way is type(None) else 0)
 
-    def move(self, current: Any, seen: Any) -> Any:
+    def move(self, current: Any, seen: Any, sums: dict[Any, float]) -> Any:
+        """``sums``: counter increases of this flush, added once per counter (each ``inc`` in
+        multiprocess mode is a lock, a ``getpid`` system call and an mmap write)."""
         way = self.way
         if way is int:
             if current != seen:
-                self.target.inc((current - seen) * self.scale)
+                target = self.target
+                sums[target] = sums.get(target, 0) + (current - seen) * self.scale
             return current
         if way is list:
             if len(current) != seen:
@@ -201,7 +204,8 @@ class _Flow:
                     d = value - seen.get(key, 0)
                     if d:
                         keys = key if isinstance(key, tuple) else (key,)
-                        self.metric.labels(*self.fixed, *keys).inc(d * self.scale)
+                        child = self.metric.labels(*self.fixed, *keys)
+                        sums[child] = sums.get(child, 0) + d * self.scale
                 return dict(current)
             return seen
         if not seen and current is not None:  # an optional value, taken once
@@ -251,7 +255,9 @@ class GatewayMetrics:
         self._seen[call] = [flow.initial() for flow in self._flows]
 
     def call_ended(self, call: Call, now: float) -> None:
-        self._flush_call(call)
+        sums: dict[Any, float] = {}
+        self._flush_call(call, sums)
+        _add(sums)
         self._seen.pop(call, None)
         self._ended.labels(call.outcome or "unknown").inc()
         self._duration.observe(max(0.0, now - call.started_at))
@@ -272,25 +278,32 @@ class GatewayMetrics:
     def flush(self, calls: Iterable[Call], loop_lag_s: float | None = None) -> None:
         """Add what every live call counted since the last flush; set the active gauge."""
         n = 0
+        sums: dict[Any, float] = {}
         for call in calls:
-            self._flush_call(call)
+            self._flush_call(call, sums)
             n += 1
+        _add(sums)
         self._active.set(n)
         if loop_lag_s is not None:
             self._loop_lag.observe(max(0.0, loop_lag_s))
 
-    def _flush_call(self, call: Call) -> None:
+    def _flush_call(self, call: Call, sums: dict[Any, float]) -> None:
         seen = self._seen.get(call)
         if seen is None:
             seen = self._seen[call] = [flow.initial() for flow in self._flows]
         stats = call.stats
         for i, flow in enumerate(self._flows):
-            seen[i] = flow.move(getattr(stats, flow.field), seen[i])
+            seen[i] = flow.move(getattr(stats, flow.field), seen[i], sums)
 
     # ------------------------------------------------------------------ exposition
     def render(self) -> tuple[bytes, str]:
         """The text exposition format (all workers in multiprocess mode)."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _add(sums: dict[Any, float]) -> None:
+    for counter, amount in sums.items():
+        counter.inc(amount)
 
 
 def restart_counter() -> Any:

@@ -2,6 +2,7 @@
 declared flushes really move each field's values into the right series."""
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import METRICS, GatewayMetrics
@@ -61,3 +62,27 @@ def test_flush_moves_every_field_once():
     assert m[("gateway_tokens_total", (("kind", "output_audio"),))] == 240
     assert m[("gateway_dtmf_digits_total", ())] == 3
     assert m[("gateway_upstream_connect_seconds_count", ())] == 1
+
+
+def test_a_flush_adds_to_each_counter_once_whatever_the_number_of_calls(monkeypatch):
+    """In multiprocess mode every ``inc`` is a lock, a getpid system call and an mmap write: the
+    once-a-second flush sums the live calls' increases and adds each counter's sum once."""
+    from prometheus_client import Counter
+
+    calls = [_Call(CallStats()) for _ in range(50)]
+    metrics = GatewayMetrics()
+    for i, call in enumerate(calls):
+        metrics.call_started(call)  # type: ignore[arg-type]
+        call.stats.frames_in, call.stats.media_out, call.stats.bytes_out = 50, 5, 800 * (i + 1)
+        call.stats.twilio_protocol_errors = {"unknown_event": 1}
+    incs: list[float] = []
+    real_inc = Counter.inc
+    monkeypatch.setattr(Counter, "inc", lambda self, amount=1, exemplar=None: (incs.append(amount),
+                                                                                real_inc(self, amount)))
+    metrics.flush(calls)  # type: ignore[arg-type]
+    # One per series (frames and seconds, inbound and outbound; Twilio protocol errors), not per call.
+    assert len(incs) == 5
+    m = _samples(metrics)
+    assert m[("gateway_media_frames_total", (("direction", "inbound"),))] == 50 * 50
+    assert m[("gateway_audio_seconds_total", (("direction", "outbound"),))] == pytest.approx(127.5)
+    assert m[("gateway_protocol_errors_total", (("kind", "unknown_event"), ("side", "twilio")))] == 50
