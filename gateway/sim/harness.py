@@ -251,8 +251,10 @@ def _check_outbound(record: CallRecord, session: SimSession, expected: dict[str,
     """
     received: dict[str, bytearray] = {}
     heard: dict[str, int] = {}  # furthest byte of each item played so far
-    last_at: dict[str, float] = {}  # arrival of each item's previous chunk
-    clears = [c.received_at for c in record.clears]
+    # Each item's previous chunk, by its place in the stream: a chunk and a clear written together
+    # arrive in one read, at the same instant, so arrival times cannot order them.
+    last_seq: dict[str, int] = {}
+    clears = [c.seq for c in record.clears]
     index = ItemIndex(expected)
     for chunk in record.heard:
         payload = chunk.payload
@@ -263,8 +265,8 @@ def _check_outbound(record: CallRecord, session: SimSession, expected: dict[str,
             continue
         item_id, off = hit
         buf = received.setdefault(item_id, bytearray())
-        previous = last_at.get(item_id)
-        cleared = previous is not None and any(previous < t <= chunk.received_at for t in clears)
+        previous = last_seq.get(item_id)
+        cleared = previous is not None and any(previous < c < chunk.seq for c in clears)
         if cleared and off != len(buf):
             at = heard.get(item_id, 0)
             resumes.append((off - at) / 8)
@@ -275,7 +277,7 @@ def _check_outbound(record: CallRecord, session: SimSession, expected: dict[str,
             problems.append(f"item {item_id}: chunk at offset {off} after {len(buf)} B (gap, duplicate or reorder)")
             break
         buf += payload
-        last_at[item_id] = chunk.received_at
+        last_seq[item_id] = chunk.seq
         if chunk.played:
             heard[item_id] = max(heard.get(item_id, 0), off + chunk.played)
     interrupted = {t.item_id for t in session.truncates}

@@ -48,6 +48,7 @@ class HeardChunk:
     received_at: float
     start_at: float | None = None  # Twilio time its first byte played (None: never reached the buffer)
     played: int = 0  # bytes actually played before a clear or the end of the call
+    seq: int = 0  # its place among the frames received (``CallRecord.received``): the stream's order
 
     @property
     def dropped(self) -> int:
@@ -71,6 +72,7 @@ class ClearRecord:
     effect_at: float  # Twilio time the clear took effect (after latency)
     bytes_dropped: int
     marks_flushed: list[str]
+    seq: int = 0  # its place among the frames received: a clear written with a chunk arrives with it
 
 
 @dataclass(slots=True)

@@ -1018,7 +1018,7 @@ class TwilioCall(WSListener):
             if audio is None:
                 self._violation(31951, "media: payload is not valid base64")
                 return None
-            item = (_MEDIA, HeardChunk(audio if self._keep else b"", len(audio), now))
+            item = (_MEDIA, HeardChunk(audio if self._keep else b"", len(audio), now, seq=len(self.record.received)))
         elif event == "mark":
             mark = msg.get("mark")
             if (msg.keys() != _MARK_KEYS or not isinstance(mark, dict) or mark.keys() != {"name"}
@@ -1031,7 +1031,7 @@ class TwilioCall(WSListener):
             if msg.keys() != _CLEAR_KEYS:
                 self._violation(31951, f"clear: keys must be exactly event/streamSid: {list(msg)}")
                 return None
-            item = (_CLEAR, ClearRecord(now, 0.0, 0, []))
+            item = (_CLEAR, ClearRecord(now, 0.0, 0, [], seq=len(self.record.received)))
         else:
             self._violation(31951, f"unknown event {event!r}")
             return None
