@@ -5,8 +5,11 @@ has produced so far (often seconds) and every delta costs a media message, a mar
 Paced, deltas wait in ``Paced._held`` and leave in chunks of ``chunk_ms`` (one mark each) whenever
 Twilio's *lead* (sent and not yet played, by the ledger's playhead estimate) has room under
 ``max_ahead_ms``: fewer, larger messages both ways, and a barge-in only has the lead to clear.
-The first audio of an answer goes out at once (the lead is empty), so pacing adds no latency;
-after that ``pump`` runs on every delta, every mark echo and every beat of the worker's ``Pacer``.
+The first audio of an answer goes out at once (the lead is empty), so pacing adds no latency.
+After that ``pump`` runs on every mark echo, and on a delta or a beat of the worker's ``Pacer``
+only once time alone can have made room: while the lead is full it drains in real time, so
+``pump`` notes when the next chunk fits (``_wake_at``) and deltas and beats before then only
+queue audio. Most deltas and beats thus cost no pump: the work is per chunk, not per delta.
 
 Pause and resume (false-interruption resume, ``GATEWAY_MIN_INTERRUPTION_MS``): ``pause`` takes
 the plan of a ``clear`` just sent (what the caller heard of each item) and puts the audio sent
@@ -77,6 +80,10 @@ class Paced:
         self._held: list[_Held] = []
         self._held_bytes = 0
         self._throttled = False  # the last pump held audio back because the lead was full
+        # Before this (loop time), time alone cannot let anything go: the lead is full (or long
+        # enough to wait for a full chunk) until then. Mark echoes, which move the playhead
+        # estimate, and everything else that changes what may go pump regardless.
+        self._wake_at = 0.0
         self.paused = False
         # Only with ``retain``: the last chunks sent (item, content_index, item byte offset, μ-law),
         # μ-law bytes sent per item, and where each item starts in the ledger's current epoch.
@@ -104,7 +111,10 @@ class Paced:
         last.audio += audio
         last.produced_ms += produced_ms
         self._held_bytes += len(audio)
-        if self.pump(self._clock()):
+        now = self._clock()
+        if self._throttled and now < self._wake_at and self._held_bytes <= MAX_HELD_BYTES:
+            return  # the head chunk does not fit before _wake_at, and the pacer has this call
+        if self.pump(now):
             self._options.pacer.add(self)
 
     def finish(self, item_id: str) -> None:
@@ -115,6 +125,12 @@ class Paced:
         self.pump(self._clock())
 
     # ------------------------------------------------------------------ out
+    def beat(self, now: float) -> bool:
+        """The pacer's beat: pump only once time can have made room (``_wake_at``)."""
+        if now < self._wake_at and self._held and not self.paused:
+            return True
+        return self.pump(now)
+
     def pump(self, now: float) -> bool:
         """Send held audio while Twilio's lead has room for it; True while audio waits to be sent.
 
@@ -122,6 +138,7 @@ class Paced:
         a chunk's worth yet) only when its item is complete or the lead would not outlast waiting:
         until the next chance to send (a beat) plus the trip to Twilio, plus a margin."""
         held = self._held
+        self._wake_at = 0.0
         if not held or self.paused:
             return False
         options = self._options
@@ -141,9 +158,12 @@ class Paced:
             take = min(available, chunk_bytes)
             if take > room * 8 and excess <= 0:
                 self._throttled = True
+                self._wake_at = now + (take / 8 - room) / 1000.0  # the lead drains in real time
                 break
             if take < chunk_bytes and entry.open and ahead >= can_wait_ms:
-                break  # wait for a full chunk: Twilio has enough to play meanwhile
+                # Wait for a full chunk (a delta pumps): Twilio has enough to play meanwhile.
+                self._wake_at = now + (ahead - can_wait_ms) / 1000.0
+                break
             if take == available:
                 part = entry.produced_ms
                 audio = bytes(entry.audio)

@@ -2,7 +2,7 @@
 
 Why one timer: a timer per call would be thousands of loop wake-ups per second for nothing; here
 a call is on the list only while audio waits in its ``Playout`` (idle calls cost nothing), and
-one wake-up every ``period_s`` serves all of them. Each ``pump`` sends what the call's lead has
+one wake-up every ``period_s`` serves all of them. Each ``beat`` sends what the call's lead has
 room for and says whether audio is still waiting.
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ log = logging.getLogger("gateway.pacer")
 
 
 class Pumped(Protocol):
-    def pump(self, now: float) -> bool:
+    def beat(self, now: float) -> bool:
         """Send what may go now; True while audio is still waiting."""
 
 
 class Pacer:
-    """Calls ``pump(now)`` of each registered playout every ``period_s`` until it has nothing left."""
+    """Calls ``beat(now)`` of each registered playout every ``period_s`` until it has nothing left."""
 
     def __init__(self, clock: Callable[[], float], call_later: Callable[[float, Callable[[], None]], Any],
                  period_s: float) -> None:
@@ -48,7 +48,7 @@ class Pacer:
         waiting = self._waiting
         for playout in list(waiting):
             try:
-                more = playout.pump(now)
+                more = playout.beat(now)
             except Exception:  # one call's bug must not stop every call's audio
                 log.exception("playout pump failed; its held audio is dropped")
                 more = False

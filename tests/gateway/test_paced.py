@@ -111,3 +111,55 @@ def test_pause_requeues_exactly_what_was_not_heard(heard_ms):
     clock.now += 5.0
     assert not paced.pump(clock.now) and len(sent) == n
     assert plan == [("a", 0, int(heard_ms + len(again) / 8))]
+
+
+class CountingLedger:
+    """The real ledger; counts ``ahead_ms``, which every pump that looks at the lead calls once."""
+
+    def __init__(self, ledger: fp.PlayoutLedger) -> None:
+        self._ledger = ledger
+        self.looks = 0
+
+    def ahead_ms(self, now: float) -> float:
+        self.looks += 1
+        return self._ledger.ahead_ms(now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+
+def test_deltas_and_beats_pump_only_once_time_can_have_made_room():
+    """A 3 s answer arriving at 5x real time, beats every 50 ms: the sends (what, how much, when)
+    are exactly those of pumping on every delta and beat, with a fraction of the pumps."""
+    def run(every_event: bool) -> tuple[list[tuple[str, int, float]], int]:
+        clock = Clock()
+        ledger = CountingLedger(fp.PlayoutLedger(8, 40.0, 0.0))
+        sent: list[tuple[str, int, float]] = []
+
+        def send(item_id: str, index: int, ulaw: bytes, produced_ms: float, now: float) -> None:
+            ledger.queue(item_id, index, len(ulaw), produced_ms, now)
+            sent.append((item_id, len(ulaw), round(now, 6)))
+
+        pacer = Pacer(clock, clock.call_later, 0.05)
+        paced = Paced(PacedOptions(pacer, LEAD_MS, CHUNK_MS), ledger, send, CallStats(), clock, 0.0)  # type: ignore[arg-type]
+        events = [(k * 0.008, "delta", k) for k in range(75)] + [(b * 0.05, "beat", b) for b in range(1, 80)]
+        for at, kind, k in sorted(events):
+            clock.now = at
+            if kind == "delta":
+                paced.hold("a", 0, audio(40, 320 * k), 40.0, 40.0 * k)
+                if k == 74:
+                    paced.finish("a")
+            elif every_event:
+                paced.pump(at)
+            else:
+                paced.beat(at)
+            if every_event and kind == "delta":
+                paced.pump(at)
+        assert not paced.holding
+        return sent, ledger.looks
+
+    reference, reference_looks = run(every_event=True)
+    sent, looks = run(every_event=False)
+    assert sent == reference
+    assert sum(n for _, n, _ in sent) == 75 * 320  # all of it, once
+    assert looks * 3 < reference_looks, (looks, reference_looks)
